@@ -1,0 +1,418 @@
+"""Typed run configuration: YAML -> nested dataclasses, with validation.
+
+Every section is a dataclass. Loading checks every key against the dataclass
+fields (unknown keys, wrong types and missing required fields are errors that
+name the dotted key), and ``__post_init__`` methods raise ``ValueError`` for
+cross-field rules. Generator and discriminator sections are tagged by ``name``
+and their dataclass comes from the model registries.
+
+    cfg = load_config("demo", overrides=["trainer.max_steps=10"])
+    text = dump_config(cfg)           # YAML that loads back to an equal config
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DegradeConfig:
+    """The pitch round trip: 48 kHz -> oversample -> shift +n -> shift -n -> back."""
+
+    shifts: list[int] = field(default_factory=lambda: [-12, -11, -10, 10, 11, 12])
+    # shifter name -> sampling weight; each (file, shift) pair draws one shifter.
+    shifters: dict[str, float] = field(default_factory=lambda: {"torchaudio": 1.0})
+    oversample_rate: int = 96000
+    n_fft: int = 2048  # torchaudio phase vocoder, at the oversampled rate
+    hop_length: Optional[int] = None  # None -> n_fft // 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.shifts:
+            raise ConfigError("data.degrade.shifts: needs at least one shift")
+        if any(abs(s) > 24 for s in self.shifts):
+            raise ConfigError("data.degrade.shifts: shifts must lie within +-24 semitones")
+        if not self.shifters or any(w < 0 for w in self.shifters.values()) or sum(self.shifters.values()) <= 0:
+            raise ConfigError("data.degrade.shifters: needs at least one shifter with a positive weight")
+        if self.oversample_rate < 48000:
+            raise ConfigError("data.degrade.oversample_rate: must be at least the 48000 Hz model rate")
+
+
+@dataclass
+class DataConfig:
+    audio_dir: str  # folder of recordings, searched recursively
+    cache_dir: str  # where preprocess writes the memmap cache
+    sample_rate: int = 48000
+    segment_length: int = 16384  # training crop, samples
+    batch_size: int = 16  # per process
+    num_workers: int = 2
+    val_fraction: float = 0.1
+    val_segment_seconds: float = 4.0
+    val_examples: int = 8  # fixed validation crops
+    min_file_seconds: float = 0.25
+    silence_db: float = -50.0  # crops quieter than this (RMS, dBFS) are redrawn
+    on_stale_cache: Literal["rebuild", "error"] = "rebuild"
+    seed: int = 0
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+
+    def __post_init__(self):
+        if self.sample_rate != 48000:
+            raise ConfigError("data.sample_rate: unshift models run at 48000 Hz")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction: must be in [0, 1)")
+        if self.segment_length <= 0 or self.batch_size <= 0:
+            raise ConfigError("data.segment_length and data.batch_size: must be positive")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers: must be >= 0")
+
+
+@dataclass
+class LossWeights:
+    """Keyed by the logged names (``train/g/<name>``); a weight of 0 skips the term."""
+
+    mel: float = 15.0
+    l1: float = 0.0
+    mrstft: float = 0.0
+    feat: float = 2.0
+    adv: float = 1.0
+
+
+@dataclass
+class MelLossConfig:
+    n_mels: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    window_lengths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    clamp_eps: float = 1e-5
+    mag_weight: float = 0.0
+    log_weight: float = 1.0
+    pow: float = 1.0
+    mel_fmin: list[float] = field(default_factory=lambda: [0.0] * 7)
+    mel_fmax: list[Optional[float]] = field(default_factory=lambda: [None] * 7)
+
+    def __post_init__(self):
+        n = len(self.n_mels)
+        if not (len(self.window_lengths) == len(self.mel_fmin) == len(self.mel_fmax) == n):
+            raise ConfigError("loss.mel: n_mels, window_lengths, mel_fmin and mel_fmax need equal lengths")
+
+
+@dataclass
+class LossConfig:
+    gan: Literal["lsgan", "hinge"] = "lsgan"
+    mel: MelLossConfig = field(default_factory=MelLossConfig)
+    mrstft_fft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["exponential", "cosine", "constant"] = "exponential"
+    gamma: float = 0.999996  # exponential: lr *= gamma every step
+    warmup_steps: int = 0  # linear warmup (cosine and exponential)
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
+
+
+@dataclass
+class OptimizerConfig:
+    """One network's optimiser. ``muon`` trains hidden matrices with Muon, the rest with AdamW."""
+
+    name: Literal["muon", "adamw"] = "adamw"
+    lr: float = 1e-4  # AdamW lr (for everything under adamw, for non-matrices under muon)
+    betas: tuple[float, float] = (0.8, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    muon_lr: float = 1e-2
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    muon_scale: Literal["spectral", "match_adamw"] = "spectral"
+    muon_weight_decay: float = 0.0
+    grad_clip: Optional[float] = None  # None -> no clipping
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.muon_lr <= 0:
+            raise ConfigError("optim: learning rates must be positive")
+
+
+@dataclass
+class OptimConfig:
+    generator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(grad_clip=1000.0))
+    discriminator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(grad_clip=10.0))
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int
+    warmup_steps: int = 0  # generator-only (mel + L1) steps before D switches on
+    log_every: int = 50
+    val_every: int = 1000
+    save_every: int = 5000
+    save_every_minutes: float = 60.0
+    keep_last: int = 3
+    keep_every: int = 0  # milestone checkpoints kept forever (0 = none)
+    grad_accum: int = 1
+    mixed_precision: Literal["no", "bf16"] = "no"
+    compile: bool = False
+    ema_decay: float = 0.0  # 0 disables the EMA of G
+    max_nonfinite_skips: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_steps <= 0:
+            raise ConfigError("trainer.max_steps: must be positive")
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise ConfigError(
+                f"trainer.warmup_steps: {self.warmup_steps} must be >= 0 and shorter than "
+                f"trainer.max_steps ({self.max_steps})"
+            )
+        for name in ("log_every", "val_every", "save_every", "grad_accum", "max_nonfinite_skips"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"trainer.{name}: must be positive")
+        if self.keep_last < 1:
+            raise ConfigError("trainer.keep_last: must be at least 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("trainer.ema_decay: must be in [0, 1)")
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    generator: Any = field(metadata={"registry": "generators"})
+    discriminators: list = field(metadata={"registry": "discriminators"})
+    trainer: TrainerConfig
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        stride = getattr(self.generator, "total_stride", 1)
+        if self.data.segment_length % stride:
+            raise ConfigError(
+                f"data.segment_length: {self.data.segment_length} must be a multiple of the "
+                f"generator's total stride ({stride})"
+            )
+        if self.data.val_segment_seconds * self.data.sample_rate < self.data.segment_length:
+            raise ConfigError("data.val_segment_seconds: validation crops must be at least segment_length long")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _registry_config_class(registry: str, name: Any, key: str):
+    if registry == "generators":
+        import generators as reg
+    else:
+        import discriminators as reg
+    if not isinstance(name, str):
+        raise ConfigError(f"{key}.name: required, one of {sorted(reg.REGISTRY)}")
+    if name not in reg.REGISTRY:
+        raise ConfigError(f"{key}.name: unknown {registry[:-1]} {name!r}; known: {sorted(reg.REGISTRY)}")
+    return reg.REGISTRY[name][1]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` and convert it (lists -> tuples etc.)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple:
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_convert(v, args[0], f"{key}.{i}") for i, v in enumerate(value))
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(v, a, f"{key}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+        (item,) = args or (Any,)
+        return [_convert(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = args or (Any, Any)
+        return {_convert(k, kt, key): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build dataclass ``cls`` from a mapping, checking every key."""
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{_join(prefix, key)}: unknown key; known keys: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required, missing")
+            continue
+        value = data[name]
+        registry = f.metadata.get("registry")
+        if registry == "generators":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping with a name")
+            kwargs[name] = _build(_registry_config_class(registry, value.get("name"), key), value, key)
+        elif registry == "discriminators":
+            if not isinstance(value, list) or not value:
+                raise ConfigError(f"{key}: expected a non-empty list of discriminator sections")
+            items = []
+            for i, item in enumerate(value):
+                k = f"{key}.{i}"
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{k}: expected a mapping with a name")
+                items.append(_build(_registry_config_class(registry, item.get("name"), k), item, k))
+            kwargs[name] = items
+        else:
+            kwargs[name] = _convert(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A bare name is looked up in ``configs/`` (with or without .yaml); a path is used as given."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml", CONFIG_DIR / f"{p}.yml"):
+        if cand.is_file():
+            return cand
+    known = sorted(c.stem for c in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r}: no such file; give a path or one of {known}")
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to the raw config mapping in place."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected key=value, e.g. trainer.max_steps=10")
+    dotted, raw = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        here = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(f"--set {dotted}: {here} is not an index of a list of {len(node)}")
+            node = node[int(k)]
+        elif isinstance(node, dict):
+            node = node.setdefault(k, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {here} is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {dotted}: {last} is not an index of a list of {len(node)}")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {dotted}: parent is not a section")
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = json.loads(json.dumps(data))  # deep copy; YAML scalars only
+    for o in overrides:
+        apply_override(data, o)
+    return _build(Config, data, "")
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return config_from_dict(data, overrides)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-YAML form of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(section: Any) -> str:
+    """Stable short hash of a config section (e.g. the degradation settings of a cache)."""
+    text = json.dumps(to_dict(section), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
