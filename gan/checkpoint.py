@@ -1,0 +1,140 @@
+"""Run-directory checkpoints: atomic step directories, a ``latest`` pointer, pruning.
+
+Layout::
+
+    runs/<name>/checkpoints/step_000120000/   accelerate save_state files
+                                              trainer_state.pt   (step, schedulers, EMA, ...)
+                                              generator.pt       (inference weights, EMA when on)
+                                              config.yaml        (resolved config)
+    runs/<name>/checkpoints/latest            text: name of the newest complete step dir
+
+A checkpoint is written into a hidden temporary directory and renamed into
+place only when complete; ``latest`` is replaced atomically after that, so a
+kill at any moment leaves the previous checkpoint usable.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+STEP_RE = re.compile(r"^step_(\d{9})$")
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names it and what to do."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def code_version() -> str:
+    """``git describe`` of the source tree when available, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("unshift")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    """Names, finds and prunes checkpoints of one run directory (main process writes)."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int = 3, keep_every: int = 0):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.keep_every = keep_every
+
+    def tmp_dir(self, step: int) -> Path:
+        return self.dir / f".tmp_{step_dir_name(step)}"
+
+    def final_dir(self, step: int) -> Path:
+        return self.dir / step_dir_name(step)
+
+    def begin(self, step: int) -> Path:
+        """A fresh, empty temporary directory for the checkpoint of ``step``."""
+        tmp = self.tmp_dir(step)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, step: int) -> Path:
+        """Rename the completed temporary directory into place, then move ``latest``."""
+        tmp, final = self.tmp_dir(step), self.final_dir(step)
+        if final.exists():  # re-saving the same step (e.g. exit right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write_text(self.dir / LATEST, final.name + "\n")
+        self.prune()
+        return final
+
+    def steps(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir())
+
+    def latest(self) -> Path | None:
+        """The checkpoint ``latest`` points to, or None when the run has none."""
+        pointer = self.dir / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.dir / pointer.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"{pointer}: points to missing {path.name}; pass --resume with a checkpoint path")
+        return path
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` checkpoints, milestones and whatever ``latest`` names."""
+        steps = self.steps()
+        keep = set(steps[-self.keep_last:])
+        if self.keep_every:
+            keep |= {s for s in steps if s % self.keep_every == 0}
+        latest = self.latest()
+        for s in steps:
+            d = self.final_dir(s)
+            if s not in keep and d != latest:
+                shutil.rmtree(d, ignore_errors=True)
+        for stale in self.dir.glob(".tmp_step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
+    """``None`` -> fresh start; ``auto`` -> latest in the run dir if any; else a run dir or step dir."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return CheckpointManager(run_dir).latest()
+    path = Path(resume)
+    if (path / "checkpoints").is_dir():
+        found = CheckpointManager(path).latest()
+        if found is None:
+            raise CheckpointError(f"--resume {resume}: run directory has no complete checkpoint")
+        return found
+    if not (path / "trainer_state.pt").is_file():
+        raise CheckpointError(
+            f"--resume {resume}: not a complete checkpoint (no trainer_state.pt); "
+            "give a checkpoints/step_XXXXXXXXX directory, a run directory or 'auto'"
+        )
+    return path

@@ -1,0 +1,48 @@
+import pytest
+
+from gan.checkpoint import CheckpointError, CheckpointManager, resolve_resume
+
+
+def _save(m: CheckpointManager, step: int) -> None:
+    tmp = m.begin(step)
+    (tmp / "trainer_state.pt").write_bytes(b"x")
+    m.commit(step)
+
+
+def test_latest_points_to_newest_and_pruning_keeps_last_and_milestones(tmp_path):
+    m = CheckpointManager(tmp_path, keep_last=2, keep_every=300)
+    for step in (100, 200, 300, 400, 500, 600, 700):
+        _save(m, step)
+    assert m.latest().name == "step_000000700"
+    assert m.steps() == [300, 600, 700]
+
+
+def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path):
+    m = CheckpointManager(tmp_path, keep_last=3)
+    _save(m, 10)
+    tmp = m.begin(20)  # a save that never completes: killed mid-write
+    (tmp / "model.safetensors").write_bytes(b"partial")
+    assert m.latest().name == "step_000000010"
+    assert resolve_resume(tmp_path, "auto").name == "step_000000010"
+    assert m.steps() == [10]
+    _save(m, 30)  # the next complete save removes the stale temporary dir
+    assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(tmp_path, None) is None
+    assert resolve_resume(tmp_path, "auto") is None  # fresh run: nothing to resume
+    m = CheckpointManager(tmp_path)
+    _save(m, 5)
+    assert resolve_resume(tmp_path, str(tmp_path)).name == "step_000000005"
+    assert resolve_resume(tmp_path, str(m.final_dir(5))) == m.final_dir(5)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        resolve_resume(tmp_path, str(tmp_path / "nowhere"))
+
+
+def test_dangling_latest_pointer_is_a_clear_error(tmp_path):
+    m = CheckpointManager(tmp_path)
+    _save(m, 5)
+    (tmp_path / "checkpoints" / "latest").write_text("step_000000099\n")
+    with pytest.raises(CheckpointError, match="points to missing"):
+        m.latest()
