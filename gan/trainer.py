@@ -1,0 +1,413 @@
+"""The GAN trainer: warmup stage, adversarial stage, validation, checkpoints, preemption.
+
+One ``Trainer`` owns the generator G, the discriminator D, their optimisers and
+schedulers, the data stream and the run directory. Accelerate prepares G and D
+separately (two DDP wrappers). Per step:
+
+- warmup stage (``step < trainer.warmup_steps``): G trains on the reconstruction
+  terms (mel, L1, MR-STFT); D is neither run nor stepped.
+- adversarial stage: one D step on ``(G(x).detach(), clean)``, then one G step on
+  reconstruction + feature matching + adversarial terms with D frozen.
+
+The batch sequence, the learning rates and the stage are pure functions of the
+step, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import signal
+from contextlib import nullcontext
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from discriminators import build_discriminator
+from generators import build_generator
+
+from .adversarial import AdversarialLoss
+from .cache import ensure_cache
+from .checkpoint import CheckpointError, CheckpointManager, code_version, step_dir_name
+from .config import Config, dump_config, load_config, to_dict
+from .data import load_val_set, make_train_loader
+from .losses import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
+from .optim import build_optimizer, build_scheduler
+from .runlog import RunLogger
+
+WARMUP, ADVERSARIAL = "warmup", "adversarial"
+
+
+def stage_at(step: int, warmup_steps: int) -> str:
+    """The training stage of 0-based ``step``: generator-only warmup, then adversarial."""
+    return WARMUP if step < warmup_steps else ADVERSARIAL
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None,
+                 accelerator: Accelerator | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        t = cfg.trainer
+        self.accelerator = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=t.mixed_precision,
+            dynamo_backend="inductor" if t.compile else "no",
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.progress = progress and self.is_main
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+
+        # data: the main process builds the cache, the others wait for it
+        if self.is_main:
+            self.cache_dir = ensure_cache(cfg.data, progress=self.progress)
+        acc.wait_for_everyone()
+        self.cache_dir = ensure_cache(cfg.data, progress=False) if not self.is_main else self.cache_dir
+
+        g = build_generator(cfg.generator)
+        d = build_discriminator(cfg.discriminators)
+        opt_g = build_optimizer(g, cfg.optim.generator)
+        opt_d = build_optimizer(d, cfg.optim.discriminator)
+        self.G, self.D, self.opt_g, self.opt_d = acc.prepare(g, d, opt_g, opt_d)
+        # G's schedule runs over every step; D's over the adversarial steps only.
+        self.sched_g = build_scheduler(opt_g, cfg.optim.generator.scheduler, t.max_steps)
+        self.sched_d = build_scheduler(opt_d, cfg.optim.discriminator.scheduler, t.max_steps - t.warmup_steps)
+        self.ema = None
+        if t.ema_decay > 0:
+            self.ema = AveragedModel(acc.unwrap_model(self.G), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay),
+                                     use_buffers=True)
+
+        device = acc.device
+        self.reconstruction = GeneratorReconstruction(cfg.loss, cfg.loss_weights, cfg.data.sample_rate).to(device)
+        self.adversarial = AdversarialLoss(self.D, kind=cfg.loss.gan, names=acc.unwrap_model(self.D).names)
+        self.val_mel = MultiScaleMelLoss(cfg.loss.mel, cfg.data.sample_rate).to(device)
+
+        self.step = 0
+        self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
+        self.skipped_total = {"g": 0, "d": 0}
+        self.ckpt = CheckpointManager(self.run_dir, t.keep_last, t.keep_every)
+        self.log = RunLogger(self.run_dir / "tb", enabled=self.is_main, sample_rate=cfg.data.sample_rate)
+        self._stop_requested = False
+        self._logged_references = False
+        self.timers: dict[str, float] = {}
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        if resume is not None:
+            self.load(resume)
+
+    # ----------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "stage": stage_at(self.step, self.cfg.trainer.warmup_steps),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "nonfinite": dict(self.nonfinite),
+            "skipped_total": dict(self.skipped_total),
+            "model_config": {"generator": to_dict(self.cfg.generator),
+                             "discriminators": to_dict(self.cfg.discriminators)},
+            "optimizers": [self.cfg.optim.generator.name, self.cfg.optim.discriminator.name],
+            "code_version": code_version(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.nonfinite = dict(state["nonfinite"])
+        self.skipped_total = dict(state["skipped_total"])
+
+    def _check_compatible(self, state: dict, path: Path) -> None:
+        mine = {"generator": to_dict(self.cfg.generator), "discriminators": to_dict(self.cfg.discriminators)}
+        for section, value in mine.items():
+            if state["model_config"][section] != value:
+                raise CheckpointError(
+                    f"checkpoint {path}: was trained with a different {section} config; "
+                    "resume with the model settings of that run or start a new --run-dir"
+                )
+        names = [self.cfg.optim.generator.name, self.cfg.optim.discriminator.name]
+        if state["optimizers"] != names:
+            raise CheckpointError(
+                f"checkpoint {path}: optimizers {state['optimizers']} differ from the config's {names}; "
+                "keep optim.*.name as in that run or start a new --run-dir"
+            )
+
+    def load(self, path: Path) -> None:
+        path = Path(path)
+        try:
+            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as e:
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({e}); pick an older one") from None
+        self._check_compatible(state, path)
+        self.accelerator.load_state(str(path))
+        self.load_state_dict(state)
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def generator_for_inference(self) -> torch.nn.Module:
+        """The EMA generator when EMA is on, else the trained one (unwrapped)."""
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.G)
+
+    def save(self) -> Path | None:
+        """Write a complete checkpoint of the current step (every rank must call this)."""
+        acc = self.accelerator
+        gen = self.generator_for_inference()
+        finite = all(torch.isfinite(p).all() for p in gen.parameters())
+        finite &= all(torch.isfinite(p).all() for p in acc.unwrap_model(self.D).parameters())
+        if not finite:
+            raise NonFiniteError(f"step {self.step}: weights are not finite; refusing to write a checkpoint")
+        tmp = self.ckpt.begin(self.step) if self.is_main else self.ckpt.tmp_dir(self.step)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        final = None
+        if self.is_main:
+            torch.save(self.state_dict(), tmp / "trainer_state.pt")
+            torch.save({"state_dict": gen.state_dict(), "step": self.step, "ema": self.ema is not None},
+                       tmp / "generator.pt")
+            (tmp / "config.yaml").write_text(dump_config(self.cfg))
+            final = self.ckpt.commit(self.step)
+        acc.wait_for_everyone()
+        self._last_save_time = time.monotonic()
+        return final
+
+    # ----------------------------------------------------------------- one step
+
+    def _timed(self, name: str, t0: float) -> float:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.timers[name] = self.timers.get(name, 0.0) + now - t0
+        return now
+
+    def _optimizer_step(self, net: str, loss: torch.Tensor) -> tuple[float, bool]:
+        """Clip, check finiteness and step one network. Returns (grad norm, stepped)."""
+        model, opt = (self.G, self.opt_g) if net == "g" else (self.D, self.opt_d)
+        clip = (self.cfg.optim.generator if net == "g" else self.cfg.optim.discriminator).grad_clip
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf)
+        norm = float(norm)
+        if math.isfinite(norm) and math.isfinite(float(loss)):
+            opt.step()
+            self.nonfinite[net] = 0
+            stepped = True
+        else:
+            self.nonfinite[net] += 1
+            self.skipped_total[net] += 1
+            stepped = False
+            if self.nonfinite[net] >= self.cfg.trainer.max_nonfinite_skips:
+                raise NonFiniteError(
+                    f"step {self.step}: {net.upper()} loss or gradients non-finite for {self.nonfinite[net]} steps "
+                    "in a row; lower the learning rate or check the data (last checkpoint is intact)"
+                )
+        opt.zero_grad(set_to_none=True)
+        return norm, stepped
+
+    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
+        """One optimisation step over ``grad_accum`` micro-batches; returns the scalars to log."""
+        acc, cfg = self.accelerator, self.cfg
+        adversarial = stage_at(self.step, cfg.trainer.warmup_steps) == ADVERSARIAL
+        k = len(micro_batches)
+        logs: dict[str, float] = {}
+
+        def add(prefix, terms):
+            for name, v in terms.items():
+                logs[f"{prefix}/{name}"] = logs.get(f"{prefix}/{name}", 0.0) + float(v) / k
+
+        fakes = [None] * k
+        t0 = time.perf_counter()
+        if adversarial:  # D step; with accumulation, fakes come from no-grad G passes
+            for i, mb in enumerate(micro_batches):
+                with acc.autocast():
+                    if k == 1:
+                        fakes[i] = self.G(mb["degraded"])
+                        fake = fakes[i]
+                    else:
+                        with torch.no_grad():
+                            fake = self.G(mb["degraded"])
+                with acc.no_sync(self.D) if i < k - 1 else nullcontext():
+                    with acc.autocast():
+                        d_loss, d_terms = self.adversarial.discriminator_loss(fake.detach(), mb["clean"])
+                    acc.backward(d_loss / k)
+                add("train/d", d_terms)
+                logs["train/d/total"] = logs.get("train/d/total", 0.0) + float(d_loss) / k
+            t0 = self._timed("d_fwd_bwd", t0)
+            logs["train/grad_norm/d"], _ = self._optimizer_step("d", torch.tensor(logs["train/d/total"]))
+            self.sched_d.step()
+            t0 = self._timed("optimizer", t0)
+
+        w = cfg.loss_weights
+        g_total = 0.0
+        for i, mb in enumerate(micro_batches):
+            with acc.no_sync(self.G) if i < k - 1 else nullcontext():
+                with acc.autocast():
+                    fake = fakes[i] if fakes[i] is not None else self.G(mb["degraded"])
+                    loss, terms = self.reconstruction(fake, mb["clean"])
+                    if adversarial and (w.adv or w.feat):
+                        adv_terms = self.adversarial.generator_losses(fake, mb["clean"])
+                        loss = loss + w.adv * adv_terms["adv"] + w.feat * adv_terms["feat"]
+                        terms = {**terms, **adv_terms}
+                acc.backward(loss / k)
+            add("train/g", terms)
+            g_total += float(loss) / k
+        logs["train/g/total"] = g_total
+        t0 = self._timed("g_fwd_bwd", t0)
+        logs["train/grad_norm/g"], _ = self._optimizer_step("g", torch.tensor(g_total))
+        self.sched_g.step()
+        if self.ema is not None:
+            self.ema.update_parameters(acc.unwrap_model(self.G))
+        self._timed("optimizer", t0)
+        logs["train/lr/g"] = self.opt_g.param_groups[0]["lr"]
+        logs["train/lr/d"] = self.opt_d.param_groups[0]["lr"]
+        logs["train/stage"] = float(adversarial)
+        logs["train/skipped/g"] = self.skipped_total["g"]
+        logs["train/skipped/d"] = self.skipped_total["d"]
+        return logs
+
+    # ----------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mel distance and SI-SDR improvement on the fixed validation crops (main process)."""
+        if not self.is_main:
+            return {}
+        g = self.generator_for_inference()
+        was_training = g.training
+        g.eval()
+        dev = self.accelerator.device
+        val = self._val_set
+        enhanced = torch.cat([g(val["degraded"][i:i + 1].to(dev)) for i in range(len(val["degraded"]))]).float()
+        g.train(was_training)
+        clean, degraded = val["clean"].to(dev), val["degraded"].to(dev)
+        mel_enh = float(self.val_mel(enhanced, clean))
+        mel_deg = float(self.val_mel(degraded, clean))
+        sdr_enh = si_sdr(enhanced, clean)
+        sdr_deg = si_sdr(degraded, clean)
+        out = {
+            "val/mel_distance": mel_enh,
+            "val/mel_distance_degraded": mel_deg,
+            "val/mel_improvement": mel_deg - mel_enh,
+            "val/si_sdr": float(sdr_enh.mean()),
+            "val/si_sdr_improvement": float((sdr_enh - sdr_deg).mean()),
+        }
+        self.log.scalars(out, self.step)
+        n_audio = min(4, len(enhanced))
+        for i in range(n_audio):
+            if not self._logged_references:
+                self.log.audio(f"audio/{i}/degraded", val["degraded"][i], 0)
+                self.log.audio(f"audio/{i}/clean", val["clean"][i], 0)
+            self.log.audio(f"audio/{i}/enhanced", enhanced[i].cpu(), self.step)
+            self.log.spectrograms(f"spec/{i}", {"degraded": val["degraded"][i], "enhanced": enhanced[i].cpu(),
+                                                "clean": val["clean"][i]}, self.step)
+        self._logged_references = True
+        self.log.flush()
+        return out
+
+    # ----------------------------------------------------------------- loop
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Agree across ranks (one all-reduce): each flag is true when any rank says so."""
+        if self.accelerator.num_processes == 1:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=self.accelerator.device)
+        return [bool(v > 0) for v in self.accelerator.reduce(t, reduction="sum").tolist()]
+
+    def train(self) -> None:
+        cfg, t, acc = self.cfg, self.cfg.trainer, self.accelerator
+        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._last_save_time = time.monotonic()
+        if self.is_main:
+            self._val_set = load_val_set(self.cache_dir, cfg.data)
+        loader = make_train_loader(self.cache_dir, cfg.data, acc.process_index, acc.num_processes,
+                                   start_index=self.step * t.grad_accum)
+        batches = iter(loader)
+        dev = acc.device
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=t.max_steps, initial=self.step, dynamic_ncols=True)
+        window = {"data": 0.0, "start": time.perf_counter(), "steps": 0}
+        try:
+            while self.step < t.max_steps:
+                t0 = time.perf_counter()
+                micro = []
+                for _ in range(t.grad_accum):
+                    b = next(batches)
+                    micro.append({k: v.to(dev, non_blocking=True) for k, v in b.items()})
+                window["data"] += time.perf_counter() - t0
+                self._timed("data", t0)
+                logs = self.train_step(micro)
+                self.step += 1
+                window["steps"] += 1
+                if self.step % t.log_every == 0 or self.step == 1:
+                    self._log_throughput(logs, window)
+                    self.log.scalars(logs, self.step)
+                    window = {"data": 0.0, "start": time.perf_counter(), "steps": 0}
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(stage=stage_at(self.step - 1, t.warmup_steps)[:3],
+                                    g=f"{logs['train/g/total']:.3f}",
+                                    mel=f"{logs.get('train/g/mel', float('nan')):.3f}")
+                if self.step % t.val_every == 0:
+                    self.validate()
+                timed = (time.monotonic() - self._last_save_time) / 60 >= t.save_every_minutes
+                stop, timed = self._agree(self._stop_requested, timed)
+                if self.step % t.save_every == 0 or timed or stop or self.step == t.max_steps:
+                    self.save()
+                if stop:
+                    if self.is_main:
+                        print(f"stopped by signal at step {self.step}; resume with --resume auto", flush=True)
+                    break
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if bar is not None:
+                bar.close()
+            self.log.flush()
+
+    def _log_throughput(self, logs: dict, window: dict) -> None:
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        steps = max(window["steps"], 1)
+        b = self.cfg.data.batch_size * self.cfg.trainer.grad_accum * self.accelerator.num_processes
+        logs["perf/steps_per_s"] = steps / elapsed
+        logs["perf/samples_per_s"] = steps * b / elapsed
+        logs["perf/data_wait_fraction"] = window["data"] / elapsed
+        logs["perf/peak_memory_mb"] = peak_memory_mb(self.accelerator.device)
+
+    def close(self) -> None:
+        self.log.close()
+        self.accelerator.end_training()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume: str | None) -> Trainer:
+    """Build a trainer the way ``launch/train.py`` does (config lookup, run dir, resume)."""
+    from .checkpoint import resolve_resume
+
+    cfg = load_config(config, overrides)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
+    return Trainer(cfg, run_dir, resume=resolve_resume(run_dir, resume))
+
+
+__all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args", "step_dir_name"]

@@ -1,0 +1,133 @@
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch.nn as nn
+
+import discriminators
+import generators
+from gan.config import (CONFIG_DIR, ConfigError, TrainerConfig, _build, config_from_dict, config_hash,
+                        dump_config, load_config, resolve_config_path)
+import yaml
+
+
+@dataclass
+class _FakeGen:
+    name: str = "fake_gen"
+    channels: int = 4
+    strides: list[int] = None
+
+    @property
+    def total_stride(self) -> int:
+        out = 1
+        for s in self.strides or [1]:
+            out *= s
+        return out
+
+
+@dataclass
+class _FakeDisc:
+    name: str = "fake_disc"
+    periods: list[int] = None
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    monkeypatch.setitem(generators.REGISTRY, "fake_gen", (nn.Identity, _FakeGen))
+    monkeypatch.setitem(discriminators.REGISTRY, "fake_disc", (nn.Identity, _FakeDisc))
+
+
+def base() -> dict:
+    return {
+        "data": {"audio_dir": "data/demo", "cache_dir": "cache/x", "segment_length": 1024},
+        "generator": {"name": "fake_gen", "strides": [2, 4]},
+        "discriminators": [{"name": "fake_disc", "periods": [2, 3]}],
+        "trainer": {"max_steps": 100, "warmup_steps": 10},
+    }
+
+
+def test_defaults_and_round_trip(fake_registry, tmp_path):
+    cfg = config_from_dict(base())
+    assert cfg.data.degrade.shifts == [-12, -11, -10, 10, 11, 12]
+    assert cfg.loss_weights.mel == 15.0 and cfg.optim.generator.grad_clip == 1000.0
+    assert cfg.optim.discriminator.grad_clip == 10.0
+    text = dump_config(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert load_config(path) == cfg
+    assert dump_config(load_config(path)) == text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_stepz=3", "trainer.max_stepz: unknown key"),
+    ("trainer.max_steps=abc", "trainer.max_steps: expected an integer"),
+    ("trainer.max_steps=2.5", "trainer.max_steps: expected an integer"),
+    ("trainer.compile=1", "trainer.compile: expected true or false"),
+    ("trainer.mixed_precision=fp8", "trainer.mixed_precision: expected one of"),
+    ("data.degrade.shifts=[1, x]", "data.degrade.shifts.1: expected an integer"),
+    ("optim.generator.betas=[0.9]", "optim.generator.betas: expected 2 values"),
+    ("generator.name=nope", "generator.name: unknown generator 'nope'"),
+    ("discriminators.0.periodz=[2]", "discriminators.0.periodz: unknown key"),
+    ("discriminators.3.periods=[2]", "discriminators.3 is not an index"),
+    ("trainer.warmup_steps=100", "trainer.warmup_steps: 100 must be >= 0 and shorter"),
+    ("data.segment_length=1001", "data.segment_length: 1001 must be a multiple of the generator's total stride"),
+    ("trainer.max_steps", "expected key=value"),
+])
+def test_errors_name_the_dotted_key(fake_registry, override, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(base(), [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_required_field(fake_registry):
+    d = base()
+    del d["trainer"]["max_steps"]
+    with pytest.raises(ConfigError, match=r"^trainer.max_steps: required, missing$"):
+        config_from_dict(d)
+    d = base()
+    del d["data"]
+    with pytest.raises(ConfigError, match=r"^data: required, missing$"):
+        config_from_dict(d)
+
+
+def test_overrides_go_through_validation_and_apply(fake_registry):
+    cfg = config_from_dict(base(), ["trainer.max_steps=11", "data.degrade.shifts=[3]", "optim.generator.lr=0.5",
+                                    "discriminators.0.periods=[5]", "data.degrade.shifters={torchaudio: 1, stretch: 2}"])
+    assert cfg.trainer.max_steps == 11 and cfg.data.degrade.shifts == [3]
+    assert cfg.optim.generator.lr == 0.5 and cfg.discriminators[0].periods == [5]
+    assert cfg.data.degrade.shifters == {"torchaudio": 1.0, "stretch": 2.0}
+    assert isinstance(cfg.optim.generator.betas, tuple)
+
+
+def test_section_builder_directly():
+    t = _build(TrainerConfig, {"max_steps": 5}, "trainer")
+    assert t.max_steps == 5 and t.warmup_steps == 0
+    with pytest.raises(ConfigError, match="trainer.keep_last: must be at least 1"):
+        _build(TrainerConfig, {"max_steps": 5, "keep_last": 0}, "trainer")
+
+
+def test_config_lookup(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_config_path("definitely_not_a_config")
+    p = tmp_path / "x.yaml"
+    p.write_text("a: [1\n")
+    assert resolve_config_path(p) == p
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_hash_is_stable_and_sensitive(fake_registry):
+    a = config_from_dict(base())
+    b = config_from_dict(base(), ["data.degrade.shifts=[12]"])
+    assert config_hash(a.data.degrade) == config_hash(config_from_dict(base()).data.degrade)
+    assert config_hash(a.data.degrade) != config_hash(b.data.degrade)
+
+
+def test_shipped_configs_load_and_round_trip():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"demo", "gan_dac", "gan_wavunet"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+        assert load_config(f"{name}.yaml") == cfg

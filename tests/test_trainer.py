@@ -1,0 +1,232 @@
+"""Trainer: stage switch, which network a step changes, exact resume, preemption, logs, guards."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import DEMO_AUDIO, ROOT
+from gan.audio import read_audio, to_mono, write_audio
+from gan.checkpoint import CheckpointError, resolve_resume
+from gan.config import config_from_dict
+from gan.trainer import ADVERSARIAL, WARMUP, NonFiniteError, Trainer, stage_at
+
+PY = sys.executable
+
+
+def tiny_dict(audio_dir: Path, cache_dir: Path, **trainer) -> dict:
+    return {
+        "data": {"audio_dir": str(audio_dir), "cache_dir": str(cache_dir), "segment_length": 2048,
+                 "batch_size": 2, "num_workers": 0, "val_fraction": 0.25, "val_segment_seconds": 0.25,
+                 "val_examples": 2, "degrade": {"shifts": [12], "n_fft": 512}},
+        "generator": {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4]},
+        "discriminators": [{"name": "mpd", "periods": [2, 3], "channels": [4, 8]},
+                           {"name": "mrstft", "window_lengths": [512, 256], "channels": 4}],
+        "trainer": {"max_steps": 6, "warmup_steps": 3, "log_every": 1, "val_every": 3, "save_every": 3,
+                    "keep_last": 5, **trainer},
+        "loss_weights": {"mel": 15.0, "l1": 1.0, "feat": 2.0, "adv": 1.0},
+        "loss": {"mel": {"n_mels": [10, 40], "window_lengths": [64, 512], "mel_fmin": [0, 0],
+                         "mel_fmax": [None, None]}},
+        "optim": {"generator": {"lr": 1e-3}, "discriminator": {"lr": 1e-3}},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Four 1.5-s excerpts of bundled recordings and the cache built from them once."""
+    root = tmp_path_factory.mktemp("tiny")
+    audio = root / "audio"
+    for name in ["loop_amen", "guit_em9", "ambi_piano", "bass_voxy_c"]:
+        x, sr = read_audio(DEMO_AUDIO / f"{name}.flac")
+        write_audio(audio / f"{name}.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
+    cfg = config_from_dict(tiny_dict(audio, root / "cache"))
+    from gan.cache import ensure_cache
+
+    ensure_cache(cfg.data, progress=False, num_workers=1)
+    return audio, root / "cache"
+
+
+def make_trainer(tiny_data, run_dir, resume=None, overrides=(), **trainer) -> Trainer:
+    cfg = config_from_dict(tiny_dict(*tiny_data, **trainer), list(overrides))
+    return Trainer(cfg, run_dir, resume=resume, progress=False)
+
+
+def params(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module) -> bool:
+    after = module.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_stage_is_a_pure_function_of_the_step():
+    assert stage_at(0, 3) == WARMUP and stage_at(2, 3) == WARMUP
+    assert stage_at(3, 3) == ADVERSARIAL and stage_at(10**6, 3) == ADVERSARIAL
+    assert stage_at(0, 0) == ADVERSARIAL
+
+
+def test_warmup_step_changes_only_g_and_adversarial_step_changes_both(tiny_data, tmp_path):
+    from gan.data import make_train_loader
+
+    tr = make_trainer(tiny_data, tmp_path / "run")
+    batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
+    g0, d0 = params(tr.G), params(tr.D)
+    logs = tr.train_step([batch])
+    assert changed(g0, tr.G) and not changed(d0, tr.D)
+    assert "train/g/mel" in logs and "train/g/adv" not in logs and "train/d/total" not in logs
+    tr.step = 3  # the first adversarial step
+    g1, d1 = params(tr.G), params(tr.D)
+    logs = tr.train_step([batch])
+    assert changed(g1, tr.G) and changed(d1, tr.D)
+    for key in ("train/g/adv", "train/g/feat", "train/d/total", "train/grad_norm/d", "train/g/adv/mpd_2"):
+        assert key in logs, key
+    tr.close()
+
+
+def _weights(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    g = torch.load(ckpt / "generator.pt", weights_only=True)["state_dict"]
+    files = sorted(ckpt.glob("model*.safetensors"))
+    return {"ema_g": g, **{f.name: load_file(f) for f in files}}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and len(wa) == 3
+    for name in wa:
+        for k in wa[name]:
+            assert torch.equal(wa[name][k], wb[name][k]), (name, k)
+
+
+def test_resume_is_bit_identical_across_the_stage_switch(tiny_data, tmp_path):
+    # one go: 6 steps (3 warmup + 3 adversarial), checkpoints at 3 and 6
+    tr = make_trainer(tiny_data, tmp_path / "a", ema_decay=0.9)
+    tr.train()
+    tr.close()
+    ckpt = tmp_path / "a" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_000000006"
+    # stopped at 3 (the switch), resumed in a new run dir for the remaining 3
+    tr = make_trainer(tiny_data, tmp_path / "b", resume=ckpt / "step_000000003", ema_decay=0.9)
+    assert tr.step == 3
+    tr.train()
+    tr.close()
+    assert_same_weights(ckpt / "step_000000006", tmp_path / "b" / "checkpoints" / "step_000000006")
+
+    # the TensorBoard events hold scalars, an audio tab and spectrogram images
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "a" / "tb"), size_guidance={"audio": 0, "images": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    for tag in ("train/g/mel", "train/g/adv", "train/d/total", "train/grad_norm/g", "train/lr/g",
+                "perf/samples_per_s", "val/mel_distance", "val/si_sdr_improvement"):
+        assert tag in tags["scalars"], tag
+    assert {"audio/0/enhanced", "audio/0/clean", "audio/0/degraded"} <= set(tags["audio"])
+    assert "spec/0" in tags["images"]
+    assert len(ea.Audio("audio/0/enhanced")) == 2  # at steps 3 and 6
+
+    # a config that changes model shapes refuses to resume; max_steps may change
+    with pytest.raises(CheckpointError, match="different generator config"):
+        make_trainer(tiny_data, tmp_path / "c", resume=ckpt / "step_000000003", ema_decay=0.9,
+                     overrides=["generator.channels=8"])
+    tr = make_trainer(tiny_data, tmp_path / "d", resume=ckpt / "step_000000003", ema_decay=0.9, max_steps=8)
+    assert tr.step == 3
+    tr.close()
+
+
+def test_kill_during_checkpoint_save_keeps_latest_valid(tiny_data, tmp_path, monkeypatch):
+    tr = make_trainer(tiny_data, tmp_path / "run")
+    tr.save()
+    tr.step = 1
+
+    def dies(path, *a, **k):
+        (Path(path) / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(tr.accelerator, "save_state", dies)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save()
+    assert resolve_resume(tmp_path / "run", "auto").name == "step_000000000"
+    tr.close()
+
+
+def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
+    from gan.data import make_train_loader
+
+    tr = make_trainer(tiny_data, tmp_path / "run", max_nonfinite_skips=2)
+    batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
+    forward = tr.reconstruction.forward
+
+    def nan_loss(est, ref):
+        total, terms = forward(est, ref)
+        return total * float("nan"), terms
+
+    monkeypatch.setattr(tr.reconstruction, "forward", nan_loss)
+    g0 = params(tr.G)
+    logs = tr.train_step([batch])
+    assert not changed(g0, tr.G)
+    assert logs["train/skipped/g"] == 1 and tr.nonfinite["g"] == 1
+    with pytest.raises(NonFiniteError, match="non-finite for 2 steps"):
+        tr.train_step([batch])
+    monkeypatch.setattr(tr.reconstruction, "forward", forward)
+    tr.nonfinite["g"] = 0
+    tr.train_step([batch])
+    assert changed(g0, tr.G) and tr.nonfinite["g"] == 0
+    tr.close()
+
+
+def _write_config(tiny_data, path: Path, **trainer) -> Path:
+    path.write_text(yaml.safe_dump(tiny_dict(*tiny_data, **trainer)))
+    return path
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=100000, warmup_steps=2, save_every=100000,
+                        val_every=100000, log_every=1)
+    run = tmp_path / "run"
+    cmd = [PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "tb").glob("events*")):
+        time.sleep(0.5)
+    time.sleep(3)  # some steps
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by signal" in out
+    stopped = int(resolve_resume(run, "auto").name.split("_")[1])
+    assert 0 < stopped < 100000
+    more = subprocess.run(cmd + ["--resume", "auto", "--set", f"trainer.max_steps={stopped + 2}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert f"resumed from" in more.stdout
+    assert resolve_resume(run, "auto").name == f"step_{stopped + 2:09d}"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_resume_is_exact(tiny_data, tmp_path):
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml")
+    port = str(29500 + os.getpid() % 1000)
+    launch = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+              str(ROOT / "launch" / "train.py"), "--config", str(cfg)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    a = subprocess.run(launch + ["--run-dir", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
+    ckpt = tmp_path / "a" / "checkpoints"
+    b = subprocess.run(launch + ["--run-dir", str(tmp_path / "b"), "--resume", str(ckpt / "step_000000003")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    assert (ckpt / "step_000000006" / "random_states_1.pkl").is_file()  # every rank's RNG is saved
+    assert_same_weights(ckpt / "step_000000006", tmp_path / "b" / "checkpoints" / "step_000000006")
