@@ -1,0 +1,365 @@
+"""Cleaning whole files with a trained generator: checkpoint loading and seamless chunking.
+
+    enhancer = Enhancer(load_generator("runs/demo"), chunk_seconds=5.0)
+    enhancer.enhance_file("song.flac", "out/song.flac", shift=3)
+
+A file streams through three stages, each processed in overlapping windows so that
+the model's activations (and the resampler's) are held for one batch of windows at a
+time, whatever the file length:
+
+    read blocks ─▶ resample to 48 kHz ─▶ [pitch shift] ─▶ generator ─▶ resample back ─▶ write blocks
+
+Every stage is a map whose output sample depends on a bounded neighbourhood of input
+samples and whose structure repeats every ``align`` input samples (the generator's
+total stride; the resampler's reduced input period). Windows start on multiples of
+``align`` and carry ``context`` samples (>= the receptive radius) on each side; only
+the central part of each window's output is kept. The first window starts at 0 and the
+last ends at the end of the signal, so the borders see exactly the zero padding that a
+whole-file call sees. Hence the chunked output equals the whole-file output up to
+floating-point rounding (valid-padding stitching; no cross-fade is needed).
+
+``--shift`` runs the training shifter on the whole 48 kHz signal (a phase vocoder
+accumulates phase over the whole file and cannot be cut exactly), so with a shift the
+memory grows with the file's length; without one it stays bounded.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from gan.audio import AudioError, find_audio_files
+from gan.checkpoint import CheckpointError, CheckpointManager
+from gan.config import Config, ConfigError, config_from_dict
+
+MODEL_RATE = 48000
+_MAX_RATIO_TERM = 1000  # larger reduced rate ratios would need a huge sinc kernel
+_READ_BLOCK = 1 << 16
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedGenerator:
+    model: torch.nn.Module
+    cfg: Config
+    step: int
+    ema: bool
+    path: Path  # the generator.pt that was loaded
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run dir (follows ``checkpoints/latest``), a step dir or a ``generator.pt`` -> the step dir."""
+    p = Path(path)
+    hint = "pass a run directory, a checkpoints/step_XXXXXXXXX directory or its generator.pt"
+    if p.is_file() and p.name == "generator.pt":
+        return p.parent
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {path}: not found; {hint}")
+    if (p / "generator.pt").is_file():
+        return p
+    if (p / "checkpoints").is_dir():
+        try:
+            latest = CheckpointManager(p).latest()
+        except CheckpointError:
+            latest = None
+        if latest is None or not (latest / "generator.pt").is_file():
+            raise CheckpointError(f"checkpoint {path}: run directory has no complete checkpoint "
+                                  f"(checkpoints/latest missing or stale); {hint}")
+        return latest
+    raise CheckpointError(f"checkpoint {path}: no generator.pt and no checkpoints/ folder; {hint}")
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """Rebuild the generator from the checkpoint's ``config.yaml`` and load ``generator.pt``."""
+    import yaml
+
+    from generators import build_generator
+
+    step_dir = resolve_checkpoint(path)
+    cfg_path, weights = step_dir / "config.yaml", step_dir / "generator.pt"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"checkpoint {step_dir}: config.yaml missing; the checkpoint is incomplete")
+    try:
+        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {})
+    except (yaml.YAMLError, ConfigError) as e:
+        raise CheckpointError(f"checkpoint {cfg_path}: unusable config ({str(e).splitlines()[0]})") from None
+    try:
+        blob = torch.load(weights, map_location="cpu", weights_only=True)
+        state = blob["state_dict"]
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {weights}: unreadable ({msg}); pick another checkpoint") from None
+    model = build_generator(cfg.generator)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml "
+                              f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    model.eval().requires_grad_(False).to(device)
+    return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights)
+
+
+def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:
+    """(alignment, context) in samples for chunking: the total stride and the receptive field."""
+    stride = int(getattr(cfg_generator, "total_stride", 1))
+    field = int(model.receptive_field())
+    return stride, _round_up(field, stride)
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # input window [start, end)
+    end: int
+    keep_start: int  # kept output, in output coordinates [keep_start, keep_end)
+    keep_end: int
+    offset: int  # where keep_start lies in this window's output
+
+
+def plan_windows(n_in: int, n_out: int, hop: int, context: int, num: int = 1, den: int = 1) -> list[Window]:
+    """Windows for a map with ``num`` output samples per ``den`` input samples.
+
+    ``hop`` and ``context`` must be multiples of the map's input period; ``den`` must
+    divide ``hop`` and ``context``. The last window ends at ``n_in`` and keeps up to ``n_out``.
+    """
+    if hop % den or context % den:
+        raise ValueError(f"hop {hop} and context {context} must be multiples of {den}")
+    windows = []
+    for k in range(max(1, math.ceil(n_in / hop))):
+        a, b = k * hop, min((k + 1) * hop, n_in)
+        w0, w1 = max(0, a - context), min(n_in, b + context)
+        out_a = a * num // den
+        out_b = n_out if b == n_in else b * num // den
+        windows.append(Window(w0, w1, out_a, out_b, out_a - w0 * num // den))
+    return windows
+
+
+class BlockReader:
+    """Reads nondecreasing ranges ``[start, end)`` from a stream of ``(C, n)`` blocks.
+
+    Only samples a later read can still ask for are kept, so memory is bounded by the
+    largest window, not the stream.
+    """
+
+    def __init__(self, blocks: Iterator[torch.Tensor], channels: int):
+        self._blocks = blocks
+        self._buf = torch.zeros(channels, 0)
+        self._buf_start = 0
+
+    def read(self, start: int, end: int) -> torch.Tensor:
+        if start < self._buf_start:
+            raise ValueError(f"read [{start}, {end}) starts before retained sample {self._buf_start}")
+        parts, have = [self._buf], self._buf_start + self._buf.shape[-1]
+        while have < end:
+            block = next(self._blocks, None)
+            if block is None:
+                raise ValueError(f"stream ended at sample {have}, read asked for {end}")
+            parts.append(block)
+            have += block.shape[-1]
+        buf = torch.cat(parts, dim=-1) if len(parts) > 1 else self._buf
+        self._buf, self._buf_start = buf[:, start - self._buf_start:], start
+        return self._buf[:, : end - start]
+
+
+def chunked_map(blocks: Iterator[torch.Tensor], channels: int, n_in: int, n_out: int,
+                fn: Callable[[torch.Tensor], torch.Tensor], hop: int, context: int, num: int = 1, den: int = 1,
+                batch: int = 1, on_window: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+    """Apply ``fn`` ``(k, C, L) -> (k, C, ceil(L * num / den))`` window by window; yields ``(C, n)``.
+
+    Windows of equal length are batched up to ``batch``. ``on_window(n)`` reports each
+    window's kept output samples (progress).
+    """
+    if n_in == 0:
+        return
+    reader = BlockReader(blocks, channels)
+    pending: list[tuple[Window, torch.Tensor]] = []
+
+    def flush():
+        y = fn(torch.stack([x for _, x in pending]))  # (k, C, L) -> (k, C, L_out)
+        for i, (w, _) in enumerate(pending):
+            yield y[i, :, w.offset: w.offset + w.keep_end - w.keep_start]
+            if on_window is not None:
+                on_window(w.keep_end - w.keep_start)
+        pending.clear()
+
+    for w in plan_windows(n_in, n_out, hop, context, num, den):
+        if pending and (len(pending) == batch or pending[0][0].end - pending[0][0].start != w.end - w.start):
+            yield from flush()
+        pending.append((w, reader.read(w.start, w.end)))
+    if pending:
+        yield from flush()
+
+
+def _resample_ratio(orig: int, new: int) -> tuple[int, int, int]:
+    """(num, den, context) of the sinc resampler ``orig -> new`` (torchaudio's default kernel)."""
+    g = math.gcd(orig, new)
+    num, den = new // g, orig // g
+    if max(num, den) > _MAX_RATIO_TERM:
+        raise AudioError(f"sample rate {orig} Hz: no exact short ratio to {new} Hz; convert the file "
+                         f"to a standard rate (44100, 48000, ...) first")
+    # torchaudio: width = ceil(6 * den / (0.99 * min(num, den))) input samples each side, plus one period.
+    width = math.ceil(6 * den / (0.99 * min(num, den)))
+    return num, den, _round_up(width + den, den) + den
+
+
+def resample_blocks(blocks: Iterator[torch.Tensor], channels: int, n_in: int, orig: int, new: int,
+                    hop_seconds: float = 10.0) -> tuple[Iterator[torch.Tensor], int]:
+    """Stream ``orig -> new`` Hz resampling equal to ``torchaudio.functional.resample`` of the whole.
+
+    ``(C, n_in)`` blocks -> (blocks, n_out) with ``n_out = ceil(n_in * new / orig)``.
+    """
+    if orig == new:
+        return blocks, n_in
+    num, den, context = _resample_ratio(orig, new)
+    n_out = -(-n_in * num // den)  # exact; torchaudio rounds this length in float32
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        # the appended zeros equal the zero padding the whole-signal call applies at the end;
+        # they only make the last window long enough for its exactly rounded length
+        return AF.resample(torch.nn.functional.pad(x, (0, den)), orig, new)
+
+    hop = _round_up(max(int(hop_seconds * orig), den), den)
+    return chunked_map(blocks, channels, n_in, n_out, fn, hop, context, num, den), n_out
+
+
+def tensor_blocks(x: torch.Tensor, size: int = _READ_BLOCK) -> Iterator[torch.Tensor]:
+    """``(C, T)`` -> consecutive ``(C, <= size)`` views."""
+    for i in range(0, x.shape[-1], size):
+        yield x[:, i: i + size]
+
+
+# --------------------------------------------------------------------------- enhancement
+
+
+class Enhancer:
+    """Runs a generator over audio of any length, rate and channel count in overlapping windows."""
+
+    def __init__(self, loaded: LoadedGenerator, chunk_seconds: float = 5.0, context_seconds: float | None = None,
+                 batch_size: int = 4, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = loaded.model.to(self.device)
+        self.cfg = loaded.cfg
+        self.align, field = generator_geometry(self.model, loaded.cfg.generator)
+        self.context = field if context_seconds is None else _round_up(int(context_seconds * MODEL_RATE),
+                                                                        self.align)
+        if chunk_seconds <= 0:
+            raise ValueError(f"--chunk-seconds {chunk_seconds}: must be positive")
+        self.hop = _round_up(max(int(chunk_seconds * MODEL_RATE), 1), self.align)
+        self.batch_size = max(1, batch_size)
+
+    @torch.inference_mode()
+    def _generate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(k, C, L) -> (k, C, L)``: every channel of every window as one batch item."""
+        k, c, n = x.shape
+        y = self.model(x.reshape(k * c, 1, n).to(self.device))  # (k * C, 1, L)
+        return y.reshape(k, c, n).float().cpu()
+
+    def stream(self, blocks: Iterator[torch.Tensor], channels: int, n: int,
+               progress: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+        """48 kHz ``(C, n)`` blocks in -> enhanced 48 kHz blocks out (same total length)."""
+        return chunked_map(blocks, channels, n, n, self._generate, self.hop, self.context,
+                           batch=self.batch_size, on_window=progress)
+
+    def enhance(self, x: torch.Tensor | np.ndarray, sample_rate: int = MODEL_RATE, shift: float = 0.0,
+                chunked: bool = True) -> torch.Tensor:
+        """``(C, T)`` (or ``(T,)``) at ``sample_rate`` -> enhanced, same shape and rate."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
+        squeeze = x.dim() == 1
+        x = x[None] if squeeze else x
+        blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked)
+        parts = list(blocks)
+        y = torch.cat(parts, dim=-1)[:, : x.shape[-1]] if parts else x.clone()
+        return y[0] if squeeze else y
+
+    def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
+                  progress=None) -> Iterator[torch.Tensor]:
+        x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
+        if shift:
+            from gan.degrade import apply_shift
+
+            whole = torch.cat(list(x48), dim=-1)  # (C, n48): the shifter needs the whole signal
+            shifter = main_shifter(self.cfg.data.degrade)
+            x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))
+        if chunked:
+            y48 = self.stream(x48, channels, n48, progress)
+        else:
+            whole = torch.cat(list(x48), dim=-1)
+            y48 = iter([self._generate(whole[None])[0]]) if n48 else iter([])
+        out, _ = resample_blocks(y48, channels, n48, MODEL_RATE, sample_rate)
+        return out
+
+    def enhance_file(self, src: str | Path, dst: str | Path, shift: float = 0.0, subtype: str | None = None,
+                     progress: bool = True) -> Path:
+        """Clean one file into ``dst`` (same format and subtype as ``src`` unless given)."""
+        src, dst = Path(src), Path(dst)
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise AudioError(f"{dst}: is the input file; choose another output folder")
+        try:
+            info = sf.info(str(src))
+        except Exception as e:
+            raise AudioError(f"{src}: cannot read audio ({str(e).splitlines()[0] if str(e) else e})") from None
+        n, channels, rate = info.frames, info.channels, info.samplerate
+        subtype = subtype or info.subtype
+        clip = not any(s in subtype for s in ("FLOAT", "DOUBLE"))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.partial")
+        bar = _progress_bar(n * MODEL_RATE // max(rate, 1), f"{src.name}", progress)
+        try:
+            with sf.SoundFile(str(src)) as fin, sf.SoundFile(str(tmp), "w", rate, channels, subtype,
+                                                               format=info.format) as fout:
+                blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(_READ_BLOCK, dtype="float32",
+                                                                          always_2d=True))
+                written = 0
+                for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update):
+                    y = y[:, : n - written].numpy()
+                    fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
+                    written += y.shape[-1]
+            tmp.replace(dst)
+        finally:
+            bar.close()
+            tmp.unlink(missing_ok=True)
+        return dst
+
+
+def main_shifter(cfg_degrade) -> str:
+    """The shifter the training data used most (ties: first by name)."""
+    return min(cfg_degrade.shifters, key=lambda name: (-cfg_degrade.shifters[name], name))
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="smp", unit_scale=True, disable=not enabled, file=sys.stderr,
+                leave=False)
+
+
+def output_paths(inputs: list[str | Path], out_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Files and folders -> (input file, output file) pairs; folders keep their relative layout."""
+    out_dir = Path(out_dir)
+    pairs = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pairs += [(f, out_dir / item.name / f.relative_to(item)) for f in find_audio_files(item)]
+        elif item.is_file():
+            pairs.append((item, out_dir / item.name))
+        else:
+            raise AudioError(f"{item}: no such file or folder")
+    for src, dst in pairs:
+        if dst.resolve() == src.resolve():
+            raise AudioError(f"{dst}: would overwrite the input; choose another output folder (-o)")
+    return pairs

@@ -1,0 +1,57 @@
+"""Clean audio files with a trained generator (any length, sample rate and channel count).
+
+    python launch/enhance.py --checkpoint runs/demo -o out/ song.flac folder/
+    python launch/enhance.py --checkpoint runs/demo --shift 3 -o out/ vocal.wav   # shift, then clean
+
+Output files keep the input's name, sample rate, channels, format and subtype; folders
+keep their layout under OUT_DIR. An input is never overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
+    p.add_argument("--checkpoint", required=True, help="run directory (uses checkpoints/latest), step directory "
+                                                       "or generator.pt")
+    p.add_argument("-o", "--out-dir", required=True, help="folder for the cleaned files")
+    p.add_argument("--shift", type=float, default=0.0, help="pitch-shift by N semitones first (training shifter)")
+    p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
+    p.add_argument("--context-seconds", type=float, default=None,
+                   help="context each side of a chunk (default: the generator's receptive field, seamless)")
+    p.add_argument("--batch-size", type=int, default=4, help="chunks per generator call")
+    p.add_argument("--subtype", default=None, help="soundfile subtype of the output (default: the input's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    from gan.audio import AudioError
+    from gan.checkpoint import CheckpointError
+    from gan.config import ConfigError
+    from gan.inference import Enhancer, load_generator, output_paths
+
+    try:
+        pairs = output_paths(args.inputs, args.out_dir)
+        if not pairs:
+            raise AudioError(f"{' '.join(args.inputs)}: no audio files found")
+        loaded = load_generator(args.checkpoint)
+        enhancer = Enhancer(loaded, args.chunk_seconds, args.context_seconds, args.batch_size, args.device)
+        print(f"generator {loaded.cfg.generator.name} step {loaded.step}{' (EMA)' if loaded.ema else ''} "
+              f"on {enhancer.device}", file=sys.stderr)
+        for src, dst in pairs:
+            enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet)
+            print(dst)
+    except (AudioError, CheckpointError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Metric values against hand-computed ones; evaluation reports and the paired comparison."""
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import ROOT
+from gan.config import MelLossConfig
+from gan.losses import MultiScaleMelLoss
+from gan.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
+                         summarize)
+from test_inference import registry, write_checkpoint  # noqa: F401  (fixture)
+
+
+def noise(n=48000, seed=0, scale=0.1) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def test_lsd_of_scaled_copy_is_twice_log10_of_gain():
+    x = noise()
+    assert log_spectral_distance(x, x) == 0.0
+    assert log_spectral_distance(x, 10 * x) == pytest.approx(2.0, abs=1e-6)  # log10(10^2) in every bin
+    assert log_spectral_distance(x, 0.5 * x) == pytest.approx(2 * math.log10(2), abs=1e-6)
+
+
+def test_si_sdr_hand_computed():
+    r = noise(seed=1).astype(np.float64)
+    r -= r.mean()
+    assert si_sdr_db(r, 3.0 * r) > 60  # a scaled copy: only eps keeps it finite
+    n = noise(seed=2).astype(np.float64)
+    n -= n.mean()
+    n -= (n @ r) / (r @ r) * r  # orthogonal to r: the projection of r + n on r is exactly r
+    n *= math.sqrt((r @ r) / (10.0 * (n @ n)))  # signal / noise energy = 10 -> 10 dB
+    assert si_sdr_db(r, r + n) == pytest.approx(10.0, abs=1e-3)
+
+
+def test_suite_mel_equals_training_loss_and_identity_is_zero():
+    x, y = noise(seed=3), noise(seed=4)
+    suite = MetricSuite(["lsd", "mel", "mrstft", "si_sdr"])
+    same = suite.score(x, x)
+    assert same["lsd"] == 0.0 and same["mel"] == 0.0 and abs(same["mrstft"]) < 1e-6 and same["si_sdr"] > 60
+    ref = float(MultiScaleMelLoss(MelLossConfig())(torch.from_numpy(y)[None, None], torch.from_numpy(x)[None, None]))
+    assert suite.score(x, y)["mel"] == pytest.approx(ref, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown"):
+        MetricSuite(["lsd", "loudness"])
+
+
+def test_improvement_sign_means_better():
+    assert improvement("lsd", 2.0, 1.5) == 0.5 and improvement("si_sdr", -30.0, -20.0) == 10.0
+    assert improvement("mel", 1.0, 2.0) == -1.0
+
+
+def test_summary_and_paired_test_hand_computed():
+    s = summarize([1.0, 2.0, 3.0, 4.0, float("nan")])
+    assert s == pytest.approx({"mean": 2.5, "std": math.sqrt(5 / 3), "median": 2.5, "min": 1.0, "max": 4.0, "n": 4})
+    a = np.array([5.0, 1.0, 7.0, 2.0])
+    r = paired_test(a, a + [1.0, 2.0, 3.0, 4.0])
+    # d = 1..4: mean 2.5, sd sqrt(5/3), t(0.975, 3) = 3.182446 -> half width 2.054260
+    assert r["mean_diff"] == 2.5 and r["ci95"] == pytest.approx([0.445740, 4.554260], abs=1e-5)
+    assert r["t_p"] == pytest.approx(0.030466, abs=1e-5)  # t = 3.872983, 3 dof, two-sided
+    assert r["wilcoxon_p"] == pytest.approx(0.125)  # all 4 ranks positive: 2 / 2^4
+    assert r["better"] == "b"
+    r = paired_test(a, a - [1.0, 2.0, 3.0, 4.0], higher_is_better=False)
+    assert r["better"] == "b"
+
+
+def test_paired_test_of_identical_scores_reports_no_difference():
+    r = paired_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert r["mean_diff"] == 0.0 and r["ci95"] == [0.0, 0.0] and r["t_p"] == 1.0 and r["wilcoxon_p"] == 1.0
+    assert r["better"] == "neither"
+
+
+@pytest.mark.skipif(extra_available("stoi") or extra_available("pesq"), reason="pesq / pystoi not installed")
+def test_pesq_stoi_of_identical_speechlike_signal():
+    t = np.arange(48000 * 3) / 48000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    x += noise(len(x), seed=5, scale=0.01)
+    sc = MetricSuite(["pesq", "stoi"]).score(x, x)
+    assert sc["stoi"] == pytest.approx(1.0, abs=1e-6) and sc["pesq"] > 4.5
+
+
+def test_missing_extra_is_skipped_with_a_note(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pesq" else real(name, *a))
+    suite = MetricSuite(["lsd", "pesq"])
+    assert suite.names == ["lsd"] and "pip install" in suite.skipped["pesq"]
+
+
+def make_folder(path, seconds=0.5, files=2):
+    path.mkdir()
+    for i in range(files):
+        t = np.arange(int(44100 * seconds)) / 44100
+        x = 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t) + noise(len(t), seed=i, scale=0.02)
+        sf.write(path / f"f{i}.wav", x.astype(np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+def test_evaluate_cli_compares_two_identical_checkpoints(tmp_path, registry):  # noqa: F811
+    write_checkpoint(tmp_path / "a", {"name": "toy"}, seed=0)
+    write_checkpoint(tmp_path / "b", {"name": "toy"}, seed=0)
+    data = make_folder(tmp_path / "clean")
+    sys.path.insert(0, str(ROOT / "launch"))
+    import evaluate
+
+    out = tmp_path / "r"
+    assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data),
+                          "--shift", "12", "--metrics", "lsd,si_sdr", "--json", str(out / "e.json"),
+                          "--csv", str(out / "e.csv"), "--plot", str(out / "e.png"), "--quiet"]) == 0
+    report = json.loads((out / "e.json").read_text())
+    assert len(report["rows"]) == 4 and {r["shift"] for r in report["rows"]} == {"+12"}
+    for m in ("lsd", "si_sdr"):
+        c = report["compare"][m]
+        assert c["n"] == 2 and c["mean_diff"] == 0.0 and c["better"] == "neither" and c["t_p"] == 1.0
+        s = report["summary"]["A"][f"{m}_improvement"]
+        assert s["n"] == 2 and math.isfinite(s["mean"])
+    assert (out / "e_summary.csv").is_file() and (out / "e.png").stat().st_size > 0
+    assert (out / "e.csv").read_text().count("\n") == 5
+
+
+def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
+    from gan.evaluation import evaluate
+
+    write_checkpoint(tmp_path / "a", {"name": "toy"})
+    clean = make_folder(tmp_path / "clean", files=1)
+    (tmp_path / "deg").mkdir()
+    x, sr = sf.read(clean / "f0.wav")
+    sf.write(tmp_path / "deg" / "f0.wav", 0.5 * x, sr, subtype="FLOAT")
+    report = evaluate([tmp_path / "a"], clean, degraded_dir=tmp_path / "deg", metrics=["lsd"], progress=False)
+    (row,) = report["rows"]
+    assert row["shift"] == "given" and row["lsd_degraded"] == pytest.approx(2 * math.log10(2), abs=1e-3)
