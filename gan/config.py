@@ -120,33 +120,68 @@ class LossConfig:
 
 @dataclass
 class SchedulerConfig:
+    """Per-step lr multiplier, a pure function of the optimizer step (see ``gan.optim.lr_factor``)."""
+
     name: Literal["exponential", "cosine", "constant"] = "exponential"
-    gamma: float = 0.999996  # exponential: lr *= gamma every step
-    warmup_steps: int = 0  # linear warmup (cosine and exponential)
+    gamma: float = 0.999996  # exponential: lr *= gamma every step after warmup (DAC)
+    warmup_steps: int = 0  # linear warmup (step + 1) / warmup_steps, all schedules
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
+
+    def __post_init__(self):
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError("optim.*.scheduler.gamma: must be in (0, 1]")
+        if self.warmup_steps < 0:
+            raise ConfigError("optim.*.scheduler.warmup_steps: must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("optim.*.scheduler.min_lr_ratio: must be in [0, 1]")
+
+
+# Defaults of the fields left None, by optimizer name: DAC's AdamW, and the AdamW
+# side of Muon from the best earlier Muon run.
+_ADAMW_DEFAULTS = {"adamw": {"lr": 1e-4, "betas": (0.8, 0.99)}, "muon": {"lr": 1e-3, "betas": (0.9, 0.95)}}
 
 
 @dataclass
 class OptimizerConfig:
-    """One network's optimiser. ``muon`` trains hidden matrices with Muon, the rest with AdamW."""
+    """One network's optimiser.
+
+    ``adamw``: torch AdamW on every parameter with ``lr, betas, eps, weight_decay``.
+    ``muon``: Muon (``muon_*`` fields) on hidden weight matrices and AdamW
+    (``lr, betas, eps, weight_decay``) on the rest, in one optimizer.
+    ``lr`` / ``betas`` left out take the name's defaults (adamw: 1e-4, (0.8, 0.99)
+    as DAC; muon: 1e-3, (0.9, 0.95)). Weight decay is decoupled in both.
+    """
 
     name: Literal["muon", "adamw"] = "adamw"
-    lr: float = 1e-4  # AdamW lr (for everything under adamw, for non-matrices under muon)
-    betas: tuple[float, float] = (0.8, 0.99)
+    lr: Optional[float] = None  # AdamW lr (all params under adamw, non-matrices under muon)
+    betas: Optional[tuple[float, float]] = None
     eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01  # AdamW's (torch default, which DAC trains with)
     muon_lr: float = 1e-2
-    muon_momentum: float = 0.95
+    muon_momentum: float = 0.95  # Nesterov by default
     muon_nesterov: bool = True
     muon_ns_steps: int = 5
-    muon_scale: Literal["spectral", "match_adamw"] = "spectral"
-    muon_weight_decay: float = 0.0
+    muon_scale: Literal["spectral", "match_adamw"] = "spectral"  # sqrt(max(1, rows/cols)) | 0.2 sqrt(max(rows, cols))
+    muon_weight_decay: float = 0.01
     grad_clip: Optional[float] = None  # None -> no clipping
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
+        defaults = _ADAMW_DEFAULTS[self.name]
+        if self.lr is None:
+            self.lr = defaults["lr"]
+        if self.betas is None:
+            self.betas = defaults["betas"]
         if self.lr <= 0 or self.muon_lr <= 0:
             raise ConfigError("optim: learning rates must be positive")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("optim.*.betas: both must be in [0, 1)")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError("optim.*.muon_momentum: must be in [0, 1)")
+        if self.muon_ns_steps < 1:
+            raise ConfigError("optim.*.muon_ns_steps: must be at least 1")
+        if self.weight_decay < 0 or self.muon_weight_decay < 0:
+            raise ConfigError("optim.*.weight_decay and muon_weight_decay: must be >= 0")
 
 
 @dataclass
