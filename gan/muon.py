@@ -242,7 +242,7 @@ class Muon(torch.optim.Optimizer):
                 self._adamw(group)
         for chunk, gathered, work in pending:
             if work is not None:
-                work.wait()
+                work[0].wait()
             self._apply(plan, chunk, gathered, updates)
         return loss
 
@@ -317,7 +317,7 @@ class Muon(torch.optim.Optimizer):
             else:
                 recv = torch.empty(world * numel, dtype=dtype, device=device)  # gloo wants the flat form
                 work = _all_gather(recv, send, group=pg, async_op=True)
-                pending.append((chunk, recv.view(world, numel), work))
+                pending.append((chunk, recv.view(world, numel), (work, send)))  # send lives until the wait
         return pending
 
     def _apply(self, plan: _Plan, chunk: list[_Bucket], gathered, updates: list) -> None:

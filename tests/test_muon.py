@@ -36,11 +36,12 @@ def ref_newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return X.T if tall else X
 
 
-def ref_muon_step(p, grad, buf, lr, momentum=0.95, wd=0.0, nesterov=True, scale="spectral", conv_transpose=False):
+def ref_muon_step(p, grad, buf, lr, momentum=0.95, wd=0.0, nesterov=True, scale="spectral", conv_transpose=False,
+                  steps=5):
     buf.mul_(momentum).add_(grad, alpha=1 - momentum)
     u = grad * (1 - momentum) + buf * momentum if nesterov else buf
     first, rest = p.shape[0], math.prod(p.shape[1:])
-    O = ref_newton_schulz(u.reshape(first, rest)).reshape(p.shape)
+    O = ref_newton_schulz(u.reshape(first, rest), steps).reshape(p.shape)
     fan_out, fan_in = (rest, first) if conv_transpose else (first, rest)
     s = math.sqrt(max(1, fan_out / fan_in)) if scale == "spectral" else 0.2 * math.sqrt(max(fan_out, fan_in))
     p.mul_(1 - lr * wd).add_(O, alpha=-lr * s)
@@ -116,8 +117,8 @@ def test_plan_gives_each_matrix_to_the_least_loaded_rank():
 # --------------------------------------------------------------------------- single-process update
 
 
-@pytest.mark.parametrize("nesterov,scale,wd", [(True, "spectral", 0.0), (False, "match_adamw", 0.1)])
-def test_muon_equals_reference(nesterov, scale, wd):
+@pytest.mark.parametrize("nesterov,scale,wd,chunk", [(True, "spectral", 0.0, 1 << 22), (False, "match_adamw", 0.1, 1)])
+def test_muon_equals_reference(nesterov, scale, wd, chunk):
     params = _params()
     ref = [p.detach().clone() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
@@ -125,7 +126,7 @@ def test_muon_equals_reference(nesterov, scale, wd):
     opt = Muon(
         [{"params": [p for p in params if p is not ct], "use_muon": True},
          {"params": [ct], "use_muon": True, "conv_transpose": True, "lr": 0.03}],
-        lr=0.02, nesterov=nesterov, scale=scale, weight_decay=wd,
+        lr=0.02, nesterov=nesterov, scale=scale, weight_decay=wd, chunk_numel=chunk,
     )
     for step in range(3):
         grads = _grads(params, step)
@@ -138,6 +139,19 @@ def test_muon_equals_reference(nesterov, scale, wd):
             torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
     for p, b in zip(params, bufs):
         torch.testing.assert_close(opt.state[p]["momentum_buffer"], b, rtol=1e-6, atol=1e-7)
+
+
+def test_groups_with_different_ns_steps_share_a_bucket():
+    a, b = nn.Parameter(torch.randn(6, 10)), nn.Parameter(torch.randn(10, 6))  # one (6, 10) bucket
+    ra, rb = a.detach().clone(), b.detach().clone()
+    opt = Muon([{"params": [a], "use_muon": True, "ns_steps": 3}, {"params": [b], "use_muon": True}], lr=0.1)
+    a.grad, b.grad = torch.randn(6, 10), torch.randn(10, 6)
+    ref_muon_step(ra, a.grad, torch.zeros_like(ra), 0.1, steps=3)
+    ref_muon_step(rb, b.grad, torch.zeros_like(rb), 0.1, steps=5)
+    opt.step()
+    torch.testing.assert_close(a.detach(), ra, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.detach(), rb, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref_newton_schulz(a.grad, 3), ref_newton_schulz(a.grad, 5), atol=1e-3)
 
 
 def test_adamw_groups_equal_torch_adamw():
