@@ -1,0 +1,374 @@
+"""Preprocessing: an audio folder -> a memory-mapped cache of (clean, degraded) audio.
+
+Layout of ``data.cache_dir``::
+
+    manifest.json            settings + their hash, files, offsets, lengths, skipped files
+    train/clean.i16          all train pieces back to back, 48 kHz mono int16 (x 1/32767)
+    train/shift_+10.i16 ...  the same samples after the round trip by each shift
+    val/...                  the same for the validation split
+
+Files of any rate and channel count are mixed to mono and resampled to 48 kHz; files
+longer than ``PIECE_SECONDS`` are cut into pieces (each piece is an item; crops never
+cross items). Every piece is scaled by one gain (<= 1, shared by clean and degraded)
+so that no stored sample clips. The train/val split is a hash of the file's relative
+path: adding files never moves others between splits.
+
+The cache is written into a hidden sibling folder and renamed into place only when
+complete, so a killed run never leaves a folder that looks like a cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
+from gan.config import DataConfig, config_hash, to_dict
+from gan.degrade import MODEL_RATE, check_shifters, choose_shifter, round_trip
+
+FORMAT = 1
+SPLITS = ("train", "val")
+PIECE_SECONDS = 30.0  # longer files are cut so a worker's memory stays bounded
+SCALE = 32767.0
+MAX_PEAK = 0.99
+
+
+class CacheError(RuntimeError):
+    """A missing, incomplete or stale cache; the message says what to do."""
+
+
+def array_name(shift: int | None) -> str:
+    return "clean.i16" if shift is None else f"shift_{shift:+d}.i16"
+
+
+def cache_settings(cfg: DataConfig) -> dict:
+    """The settings a cache depends on; their hash names a cache's content."""
+    return {
+        "format": FORMAT,
+        "sample_rate": cfg.sample_rate,
+        "val_fraction": cfg.val_fraction,
+        "min_file_seconds": cfg.min_file_seconds,
+        "silence_db": cfg.silence_db,
+        "degrade": to_dict(cfg.degrade),
+    }
+
+
+def sources_hash(files: list[Path], root: Path) -> str:
+    """Fingerprint of the audio folder: relative paths and sizes."""
+    return config_hash([[p.relative_to(root).as_posix(), p.stat().st_size] for p in files])
+
+
+def split_of(rel: str, val_fraction: float) -> str:
+    return "val" if _unit_hash(rel) < val_fraction else "train"
+
+
+def _unit_hash(text: str) -> float:
+    return int(config_hash(text), 16) / 16.0**16
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class CacheSplit:
+    """One split: ``clean`` and ``degraded[shift]`` are ``(N,)`` int16 memmaps (x 1/32767)."""
+
+    name: str
+    clean: np.ndarray
+    degraded: dict[int, np.ndarray]
+    offsets: np.ndarray  # (items,) int64 start of each item in the arrays
+    lengths: np.ndarray  # (items,) int64
+    items: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Cache:
+    """A finished cache, opened read-only."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise CacheError(f"cache {self.path}: no manifest.json (missing or incomplete); "
+                             "build it with launch/preprocess.py --config NAME")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise CacheError(f"cache {self.path}: format {self.manifest.get('format')} is not {FORMAT}; rebuild it")
+        self.shifts: list[int] = list(self.manifest["shifts"])
+        self.sample_rate: int = self.manifest["settings"]["sample_rate"]
+        self._splits: dict[str, CacheSplit] = {}
+
+    def split(self, name: str) -> CacheSplit:
+        if name not in self._splits:
+            meta = self.manifest["splits"][name]
+            n = meta["samples"]
+            arrays = {s: self._array(name, s, n) for s in [None, *self.shifts]}
+            self._splits[name] = CacheSplit(
+                name, arrays.pop(None), arrays,
+                np.array([it["offset"] for it in meta["items"]], dtype=np.int64),
+                np.array([it["length"] for it in meta["items"]], dtype=np.int64),
+                meta["items"])
+        return self._splits[name]
+
+    def _array(self, split: str, shift: int | None, n: int) -> np.ndarray:
+        p = self.path / split / array_name(shift)
+        if not p.is_file() or p.stat().st_size != 2 * n:
+            raise CacheError(f"cache {self.path}: {split}/{p.name} is missing or has the wrong size; rebuild it")
+        return np.memmap(p, dtype=np.int16, mode="r", shape=(n,)) if n else np.zeros(0, np.int16)
+
+
+def open_cache(path: str | Path) -> Cache:
+    return Cache(path)
+
+
+def cache_status(cfg: DataConfig) -> str:
+    """``"ok"``, ``"missing"`` or ``"stale"`` for the cache at ``cfg.cache_dir``."""
+    path = Path(cfg.cache_dir)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        return "missing"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        return "stale"
+    if manifest.get("config_hash") != config_hash(cache_settings(cfg)):
+        return "stale"
+    audio_dir = Path(cfg.audio_dir)
+    if audio_dir.is_dir():  # a cache copied without its audio is used as it is
+        if manifest.get("sources_hash") != sources_hash(find_audio_files(audio_dir), audio_dir):
+            return "stale"
+    return "ok"
+
+
+# --------------------------------------------------------------------------- building
+
+
+def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = True,
+                 num_workers: int | None = None) -> Path:
+    """Build the cache at ``data_cfg.cache_dir`` unless an up-to-date one exists; return its path.
+
+    A stale cache (other settings or other audio files) is rebuilt, or raises
+    ``CacheError`` when ``data.on_stale_cache`` is ``error``. ``num_workers``: worker
+    processes (None: all cores; 0: in this process).
+    """
+    path = Path(data_cfg.cache_dir)
+    status = cache_status(data_cfg)
+    if status == "ok" and not rebuild:
+        return path
+    if status == "stale" and not rebuild and data_cfg.on_stale_cache == "error":
+        raise CacheError(f"cache {path}: built for other data settings or audio files; delete it, "
+                         "pass --rebuild, or set data.on_stale_cache=rebuild")
+    check_shifters(data_cfg.degrade)
+    build_cache(data_cfg, progress=progress, num_workers=num_workers)
+    return path
+
+
+def _remove_dead_partials(path: Path) -> None:
+    """Delete temp folders of killed builds on this host (their process is gone)."""
+    host = socket.gethostname()
+    for p in path.parent.glob(f".{path.name}.partial-{host}-*"):
+        try:
+            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tuple], list[dict]]:
+    """Per file: check it, choose its split, cut it into pieces -> (tasks, skipped)."""
+    tasks, skipped = [], []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        try:
+            info = sf.info(str(path))
+            frames, rate = int(info.frames), int(info.samplerate)
+        except Exception as e:  # soundfile raises several types for bad files
+            reason = f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            frames, rate = 0, 0
+        else:
+            reason = "empty" if frames <= 0 else (
+                f"too short ({frames / rate:.2f} s < data.min_file_seconds {cfg.min_file_seconds})"
+                if frames < cfg.min_file_seconds * rate else None)
+        if reason:
+            skipped.append({"file": rel, "reason": reason})
+            warn(f"warning: skipped {rel}: {reason}")
+            continue
+        n_pieces = max(1, math.ceil(frames / (PIECE_SECONDS * rate)))
+        bounds = np.linspace(0, frames, n_pieces + 1).round().astype(int)
+        for k in range(n_pieces):
+            tasks.append((str(path), rel, k, int(bounds[k]), int(bounds[k + 1]), rate, split_of(rel, cfg.val_fraction)))
+    _balance_splits(tasks, cfg.val_fraction)
+    return tasks, skipped
+
+
+def _balance_splits(tasks: list[tuple], val_fraction: float) -> None:
+    """With val_fraction > 0 and >= 2 files, neither split is left empty (lowest hash -> val, highest -> train)."""
+    files = sorted({t[1] for t in tasks}, key=_unit_hash)
+    if val_fraction <= 0 or len(files) < 2:
+        return
+    splits = {t[1]: t[6] for t in tasks}
+    if "val" not in splits.values():
+        splits[files[0]] = "val"
+    if "train" not in splits.values():
+        splits[files[-1]] = "train"
+    tasks[:] = [(*t[:6], splits[t[1]]) for t in tasks]
+
+
+def process_piece(task: tuple, cfg: DataConfig) -> dict:
+    """Worker: read one piece, mono 48 kHz, degrade by every shift -> int16 arrays or a skip reason."""
+    path, rel, piece, start, stop, rate, split = task
+    out = {"file": rel, "piece": piece, "split": split, "source_rate": rate, "seconds": (stop - start) / rate}
+    try:
+        data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)  # (T, C)
+    except Exception as e:
+        try:  # some formats cannot seek; read whole and slice
+            audio, _ = read_audio(path)
+            data = audio[:, start:stop].T
+        except AudioError:
+            return {**out, "skip": f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"}
+    out["source_channels"] = int(data.shape[1])
+    if data.shape[0] == 0:
+        return {**out, "skip": "empty"}
+    if not np.isfinite(data).all():
+        return {**out, "skip": "unreadable (non-finite samples)"}
+    clean = np.asarray(resample(to_mono(np.ascontiguousarray(data.T)), rate, MODEL_RATE), dtype=np.float32)
+    if np.abs(clean).max() < 10.0 ** (cfg.silence_db / 20):
+        return {**out, "skip": f"silent (peak below data.silence_db {cfg.silence_db} dB)"}
+    key = f"{rel}#{piece}"
+    shifters = {s: choose_shifter(cfg.degrade, key, s) for s in cfg.degrade.shifts}
+    degraded = {s: round_trip(clean, s, cfg.degrade, shifters[s]) for s in cfg.degrade.shifts}
+    peak = max(float(np.abs(a).max()) for a in [clean, *degraded.values()])
+    gain = min(1.0, MAX_PEAK / peak)
+
+    def q(a: np.ndarray) -> np.ndarray:
+        return np.round(a * (gain * SCALE)).astype(np.int16)
+
+    return {**out, "length": len(clean), "gain": gain, "shifters": {str(s): n for s, n in shifters.items()},
+            "clean": q(clean), "degraded": {s: q(a) for s, a in degraded.items()}}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _map(tasks: list[tuple], cfg: DataConfig, num_workers: int):
+    """Results of ``process_piece`` in task order, in worker processes unless num_workers is 0."""
+    if num_workers == 0 or len(tasks) <= 1:
+        yield from (process_piece(t, cfg) for t in tasks)
+        return
+    with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        yield from pool.map(process_piece, tasks, [cfg] * len(tasks))
+
+
+def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None = None,
+                warn=None) -> dict:
+    """Preprocess ``cfg.audio_dir`` into ``cfg.cache_dir`` (replacing what is there) -> manifest."""
+    from tqdm import tqdm
+
+    warn = warn or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    root, path = Path(cfg.audio_dir), Path(cfg.cache_dir)
+    files = find_audio_files(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_partials(path)
+    tmp = path.parent / f".{path.name}.partial-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    tasks, skipped = _plan(cfg, files, root, warn)
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = max(0, min(workers, len(tasks)))
+    splits = {s: {"samples": 0, "items": []} for s in SPLITS}
+    failed: dict[str, str] = {}
+    try:
+        outs = {}
+        for split in SPLITS:
+            (tmp / split).mkdir(parents=True)
+            outs[split] = {s: open(tmp / split / array_name(s), "wb") for s in [None, *cfg.degrade.shifts]}
+        bar = tqdm(total=sum((t[4] - t[3]) / t[5] for t in tasks), disable=not progress, file=sys.stderr,
+                   desc=f"preprocess -> {path}", dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
+        for res in _map(tasks, cfg, workers):
+            bar.update(res["seconds"])
+            if "skip" in res:
+                failed.setdefault(res["file"], res["skip"])
+                continue
+            meta = splits[res["split"]]
+            outs[res["split"]][None].write(res.pop("clean").tobytes())
+            for s, a in res.pop("degraded").items():
+                outs[res["split"]][s].write(a.tobytes())
+            meta["items"].append({**res, "offset": meta["samples"]})
+            meta["samples"] += res["length"]
+        bar.close()
+        for split in outs.values():
+            for f in split.values():
+                f.close()
+        done = {it["file"] for m in splits.values() for it in m["items"]}
+        for rel, reason in failed.items():
+            if rel not in done:  # a file is skipped when none of its pieces is usable
+                skipped.append({"file": rel, "reason": reason})
+                warn(f"warning: skipped {rel}: {reason}")
+        manifest = {
+            "format": FORMAT,
+            "config_hash": config_hash(cache_settings(cfg)),
+            "sources_hash": sources_hash(files, root),
+            "settings": cache_settings(cfg),
+            "audio_dir": str(root),
+            "dtype": "int16", "scale": SCALE,
+            "shifts": list(cfg.degrade.shifts),
+            "seconds": {s: splits[s]["samples"] / MODEL_RATE for s in SPLITS},
+            "build_seconds": time.time() - t0,
+            "splits": splits,
+            "skipped": sorted(skipped, key=lambda d: d["file"]),
+            "dropped_pieces": sum(1 for t in tasks if t[1] in done) - sum(len(m["items"]) for m in splits.values()),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    warn(summary(manifest, len(files), path))
+    return manifest
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path``; an old cache is moved aside first, then deleted."""
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def summary(manifest: dict, n_files: int, path: Path) -> str:
+    """One line: what went into the cache at ``path`` and what was skipped."""
+    sec = manifest["seconds"]
+    counts: dict[str, int] = {}
+    for s in manifest["skipped"]:
+        kind = s["reason"].split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']}, "
+            f"{sec['train']:.1f} s train + {sec['val']:.1f} s val x {len(manifest['shifts'])} shifts "
+            f"in {manifest['build_seconds']:.1f} s")
+    if counts:
+        line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    if manifest["dropped_pieces"]:
+        line += f"; dropped {manifest['dropped_pieces']} silent pieces of long files"
+    return line

@@ -1,0 +1,183 @@
+"""The pitch round trip that produces the degraded half of each training pair.
+
+    clean 48 kHz ─▶ resample to cfg.oversample_rate (96 kHz) ─▶ shift +n ─▶ shift −n
+                 ─▶ low-pass at the original Nyquist and resample back to 48 kHz
+
+Oversampling by two leaves room above the original Nyquist, so a shift up by up to an
+octave keeps the whole band; the round trip then only carries the shifter's artifacts,
+never a band the model would have to invent. The low-pass at the original Nyquist is the
+anti-aliasing filter of the band-limited (windowed-sinc) resampler back to the original
+rate (torchaudio's ``resample``, cut-off 0.99 x Nyquist).
+
+Shifters are pluggable (``SHIFTERS``: name -> function ``(x (C, T) float32 tensor, rate,
+semitones, cfg) -> (C, T)``):
+
+- ``torchaudio``: the algorithm of ``torchaudio.functional.pitch_shift`` (phase-vocoder
+  time stretch, then resampling by the pitch ratio) with ``cfg.n_fft`` / ``cfg.hop_length``.
+  torchaudio's own function resamples by ``int(rate / ratio) : rate``, whose sinc kernel
+  needs tens of GB for non-octave shifts at 96 kHz; here that ratio is reduced to a
+  fraction with denominator <= 1000 (pitch error < 0.001 cent). For octave shifts the
+  result equals ``torchaudio.functional.pitch_shift`` exactly.
+- ``signalsmith``: Signalsmith Stretch (python-stretch, MIT), an independent
+  multi-resolution spectral shifter, seeded for determinism.
+
+``cfg.shifters`` weights several shifters; ``choose_shifter`` picks one per
+(file, shift) deterministically so the cache is reproducible.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+import torchaudio.transforms as T
+
+from gan.config import ConfigError, DegradeConfig
+
+MODEL_RATE = 48000
+_MAX_RATIO_TERM = 1000  # largest numerator/denominator handed to the sinc resampler
+
+
+@functools.lru_cache(maxsize=64)
+def _resampler(orig: int, new: int) -> T.Resample:
+    return T.Resample(orig, new)  # holds its sinc kernel, which is costly to build
+
+
+def _resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """Resample ``(..., T)`` by ``new / orig``, reduced to a fraction the sinc kernel can hold."""
+    ratio = Fraction(int(new), int(orig))
+    if max(ratio.numerator, ratio.denominator) > _MAX_RATIO_TERM:
+        ratio = ratio.limit_denominator(_MAX_RATIO_TERM)
+    if ratio == 1:
+        return x
+    return _resampler(ratio.denominator, ratio.numerator).to(x.device)(x)
+
+
+def _fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Crop or zero-pad the last axis to ``length``."""
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def shift_torchaudio(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """torchaudio's phase-vocoder pitch shift: ``(C, T) -> (C, T)``."""
+    n_fft = cfg.n_fft
+    hop = cfg.hop_length or n_fft // 4
+    length = x.shape[-1]
+    rate = 2.0 ** (-float(semitones) / 12)  # time-stretch factor; < 1 lengthens
+    window = torch.hann_window(n_fft, device=x.device)
+    spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
+    # (C, T) -> (C, n_fft // 2 + 1, frames)
+    advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device)[..., None]
+    stretched = torch.istft(AF.phase_vocoder(spec, rate, advance), n_fft, hop, n_fft, window,
+                            length=int(round(length / rate)))
+    return _fit_length(_resample(stretched, int(sample_rate / rate), sample_rate), length)
+
+
+def shift_signalsmith(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """Signalsmith Stretch (python-stretch) pitch shift: ``(C, T) -> (C, T)``."""
+    from python_stretch.Signalsmith import Stretch
+
+    stretch = Stretch(cfg.seed)
+    stretch.preset(x.shape[0], float(sample_rate))
+    stretch.setTransposeSemitones(float(semitones))
+    y = stretch.process(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
+    return _fit_length(torch.from_numpy(np.asarray(y, dtype=np.float32)), x.shape[-1])
+
+
+SHIFTERS: dict[str, Callable[[torch.Tensor, int, float, DegradeConfig], torch.Tensor]] = {
+    "torchaudio": shift_torchaudio,
+    "signalsmith": shift_signalsmith,
+}
+
+
+def check_shifters(cfg: DegradeConfig) -> None:
+    """Raise a one-line ``ConfigError`` for a shifter name that is not registered."""
+    for name in cfg.shifters:
+        if name not in SHIFTERS:
+            raise ConfigError(f"data.degrade.shifters: unknown shifter {name!r}; known: {sorted(SHIFTERS)}")
+
+
+def choose_shifter(cfg: DegradeConfig, file_key: str, shift: int) -> str:
+    """Deterministic weighted choice of a shifter for one (file, shift) pair."""
+    names = sorted(n for n, w in cfg.shifters.items() if w > 0)
+    if len(names) == 1:
+        return names[0]
+    digest = hashlib.sha256(f"{cfg.seed}|{file_key}|{shift}".encode()).digest()
+    u = int.from_bytes(digest[:8], "little") / 2.0**64  # uniform in [0, 1)
+    total = sum(cfg.shifters[n] for n in names)
+    acc = 0.0
+    for name in names:
+        acc += cfg.shifters[name] / total
+        if u < acc:
+            return name
+    return names[-1]
+
+
+def _as_tensor(x) -> tuple[torch.Tensor, bool, bool]:
+    """Any (T,) or (C, T) array -> ((C, T) float32 CPU tensor, was_numpy, was_1d)."""
+    is_np = not isinstance(x, torch.Tensor)
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32)) if is_np else x.detach().float().cpu()
+    if t.dim() not in (1, 2):
+        raise ValueError(f"audio: expected shape (T,) or (C, T), got {tuple(t.shape)}")
+    return (t[None] if t.dim() == 1 else t), is_np, t.dim() == 1
+
+
+def _back(y: torch.Tensor, like, is_np: bool, was_1d: bool):
+    y = y[0] if was_1d else y
+    if is_np:
+        return np.ascontiguousarray(y.numpy(), dtype=np.float32)
+    return y.to(device=like.device, dtype=like.dtype)
+
+
+def _work_rate(sample_rate: int, cfg: DegradeConfig) -> int:
+    """The oversampled rate for audio at ``sample_rate`` (96 kHz for 48 kHz by default)."""
+    return int(round(sample_rate * cfg.oversample_rate / MODEL_RATE))
+
+
+def _get(shifter: str) -> Callable:
+    if shifter not in SHIFTERS:
+        raise ConfigError(f"shifter {shifter!r}: unknown; known: {sorted(SHIFTERS)}")
+    return SHIFTERS[shifter]
+
+
+def apply_shift(x, sample_rate: int, shift: float, cfg: DegradeConfig, shifter: str = "torchaudio"):
+    """Pitch-shift once by ``shift`` semitones at any rate; same shape, length, type and rate.
+
+    ``(T,)`` or ``(C, T)`` -> the same. Oversampled by ``cfg.oversample_rate / 48000`` and
+    low-passed at the input's Nyquist on the way back.
+    """
+    fn = _get(shifter)
+    t, is_np, was_1d = _as_tensor(x)
+    length = t.shape[-1]
+    if shift == 0 or length == 0:
+        return _back(t.clone(), x, is_np, was_1d)
+    work = _work_rate(sample_rate, cfg)
+    with torch.no_grad():
+        y = fn(_resample(t, sample_rate, work), work, shift, cfg)
+        y = _fit_length(_resample(y, work, sample_rate), length)
+    return _back(y, x, is_np, was_1d)
+
+
+def round_trip(x, shift: int, cfg: DegradeConfig, shifter: str = "torchaudio"):
+    """The degradation: 48 kHz audio shifted by ``+shift`` then ``-shift`` semitones.
+
+    ``(T,)`` or ``(C, T)`` at 48 kHz -> the same shape, length and type. Deterministic.
+    """
+    fn = _get(shifter)
+    t, is_np, was_1d = _as_tensor(x)
+    length = t.shape[-1]
+    if length == 0:
+        return _back(t.clone(), x, is_np, was_1d)
+    work = _work_rate(MODEL_RATE, cfg)
+    with torch.no_grad():
+        up = _resample(t, MODEL_RATE, work)  # (C, T) -> (C, T * work / 48000)
+        y = fn(fn(up, work, shift, cfg), work, -shift, cfg)
+        y = _fit_length(_resample(y, work, MODEL_RATE), length)
+    return _back(y, x, is_np, was_1d)

@@ -1,0 +1,176 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import gan.cache as cache_mod
+from gan.audio import read_audio, resample, to_mono
+from gan.cache import CacheError, cache_status, ensure_cache, open_cache, split_of
+from gan.config import DataConfig, DegradeConfig
+from gan.degrade import round_trip
+
+from conftest import DEMO_AUDIO, ROOT
+from test_degrade import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+
+STEREO = "bass_hard_c.flac"  # 44.1 kHz stereo, 1.5 s
+MONO = "bd_808.flac"  # 44.1 kHz mono, 0.56 s
+
+
+@pytest.fixture
+def audio_dir(tmp_path):
+    """Two good files (one in a subfolder), plus a corrupt, a silent, a too-short and an empty one."""
+    d = tmp_path / "audio"
+    (d / "sub").mkdir(parents=True)
+    (d / STEREO).write_bytes((DEMO_AUDIO / STEREO).read_bytes())
+    (d / "sub" / MONO).write_bytes((DEMO_AUDIO / MONO).read_bytes())
+    (d / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage, not audio")
+    sf.write(d / "silent.wav", np.zeros(48000, np.float32), 48000)
+    short, sr = read_audio(DEMO_AUDIO / STEREO)
+    sf.write(d / "short.flac", short[:, : sr // 10].T, sr)  # 0.1 s
+    sf.write(d / "empty.wav", np.zeros((0, 1), np.float32), 48000)
+    return d
+
+
+def make_cfg(tmp_path, audio_dir, **kw) -> DataConfig:
+    degrade = DegradeConfig(shifts=[-10, 12], shifters={"torchaudio": 1.0, "signalsmith": 1.0}, n_fft=1024)
+    return DataConfig(audio_dir=str(audio_dir), cache_dir=str(tmp_path / "cache"), val_fraction=0.5,
+                      degrade=degrade, **kw)
+
+
+def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_dir):
+    cfg = make_cfg(tmp_path, audio_dir)
+    lines = []
+    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lines.append)
+    reasons = {s["file"]: s["reason"].split(" (")[0] for s in manifest["skipped"]}
+    assert reasons == {"corrupt.wav": "unreadable", "silent.wav": "silent", "short.flac": "too short",
+                       "empty.wav": "empty"}
+    assert sum(line.startswith("warning: skipped") for line in lines) == 4
+    assert "2/6 files" in lines[-1] and "skipped 1 empty, 1 silent, 1 too short, 1 unreadable" in lines[-1]
+
+    cache = open_cache(cfg.cache_dir)
+    assert cache.shifts == [-10, 12]
+    items = {it["file"]: (split, it) for split in ("train", "val") for it in cache.split(split).items}
+    assert set(items) == {STEREO, f"sub/{MONO}"}
+    assert {split for split, _ in items.values()} == {"train", "val"}  # one each: val is never left empty
+    for rel, (split, it) in items.items():
+        audio, sr = read_audio(audio_dir / rel)
+        assert (sr, it["source_channels"]) == (44100, audio.shape[0])
+        expect = resample(to_mono(audio), 44100, 48000) * it["gain"]
+        data = cache.split(split)
+        stored = data.clean[it["offset"]: it["offset"] + it["length"]] / 32767.0
+        assert it["length"] == len(expect) == int(np.ceil(audio.shape[1] * 48000 / 44100))
+        np.testing.assert_allclose(stored, expect, atol=0.6 / 32767)
+        for s in cache.shifts:  # each shift: the round trip by the recorded shifter, same gain
+            deg = data.degraded[s][it["offset"]: it["offset"] + it["length"]] / 32767.0
+            ref = round_trip(resample(to_mono(audio), 44100, 48000), s, cfg.degrade, it["shifters"][str(s)])
+            np.testing.assert_allclose(deg, ref * it["gain"], atol=1.5 / 32767)
+    assert cache_status(cfg) == "ok"
+
+
+def test_split_is_a_stable_hash_of_the_relative_path():
+    names = [f"song{i}.wav" for i in range(400)]
+    val = [n for n in names if split_of(n, 0.25) == "val"]
+    assert 60 < len(val) < 140
+    assert val == [n for n in names if split_of(n, 0.25) == "val"]
+    assert all(split_of(n, 0.0) == "train" for n in names)
+
+
+def test_ensure_cache_reuses_a_fresh_cache_and_rebuilds_a_stale_one(tmp_path, audio_dir):
+    cfg = make_cfg(tmp_path, audio_dir)
+    path = ensure_cache(cfg, progress=False, num_workers=0)
+    stamp = (path / "manifest.json").stat().st_mtime_ns
+    assert ensure_cache(cfg, progress=False, num_workers=0) == path
+    assert (path / "manifest.json").stat().st_mtime_ns == stamp  # nothing rebuilt
+
+    other = make_cfg(tmp_path, audio_dir)
+    other.degrade.shifts = [12]
+    assert cache_status(other) == "stale"
+    other.on_stale_cache = "error"
+    with pytest.raises(CacheError, match=r"built for other data settings.*--rebuild"):
+        ensure_cache(other, progress=False, num_workers=0)
+    other.on_stale_cache = "rebuild"
+    ensure_cache(other, progress=False, num_workers=0)
+    assert open_cache(path).shifts == [12] and cache_status(other) == "ok"
+
+    sf.write(audio_dir / "new.wav", np.full(24000, 0.1, np.float32), 48000)  # the folder changed
+    assert cache_status(other) == "stale"
+
+
+def test_an_interrupted_build_leaves_no_cache(tmp_path, audio_dir, monkeypatch):
+    cfg = make_cfg(tmp_path, audio_dir)
+    real = cache_mod.process_piece
+    calls = []
+
+    def dies_on_second(task, c):
+        calls.append(task)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task, c)
+
+    monkeypatch.setattr(cache_mod, "process_piece", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_cache(cfg, progress=False, num_workers=0)
+    assert cache_status(cfg) == "missing" and not (tmp_path / "cache").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["audio"]  # the partial folder is gone too
+    with pytest.raises(CacheError, match="no manifest.json"):
+        open_cache(cfg.cache_dir)
+
+
+def test_partial_folders_of_dead_builds_are_removed(tmp_path, audio_dir):
+    cfg = make_cfg(tmp_path, audio_dir)
+    partial = tmp_path / f".cache.partial-{cache_mod.socket.gethostname()}-{_dead_pid()}"
+    (partial / "train").mkdir(parents=True)
+    ensure_cache(cfg, progress=False, num_workers=0)
+    assert not partial.exists() and cache_status(cfg) == "ok"
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_broken_cache_file_is_a_clear_error(tmp_path, audio_dir):
+    cfg = make_cfg(tmp_path, audio_dir)
+    path = ensure_cache(cfg, progress=False, num_workers=0)
+    (path / "train" / "shift_+12.i16").write_bytes(b"\x00\x00")
+    with pytest.raises(CacheError, match=r"train/shift_\+12.i16 is missing or has the wrong size; rebuild"):
+        open_cache(path).split("train")
+
+
+@pytest.mark.slow
+def test_killed_preprocess_leaves_no_valid_cache_and_workers_match_in_process(tmp_path, audio_dir):
+    """SIGKILL a real preprocess run mid-way; then a 2-worker build equals an in-process one."""
+    for i in range(2):  # enough work that the kill lands mid-build
+        (audio_dir / f"copy{i}.flac").write_bytes((DEMO_AUDIO / "loop_amen.flac").read_bytes())
+    cfg = make_cfg(tmp_path, audio_dir)
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from gan.config import DataConfig, DegradeConfig\nfrom gan.cache import ensure_cache\n"
+              f"if __name__ == '__main__':\n"
+              f"    d = DegradeConfig(shifts=[-10, 12], shifters={{'torchaudio': 1.0, 'signalsmith': 1.0}}, n_fft=1024)\n"
+              f"    ensure_cache(DataConfig(audio_dir={cfg.audio_dir!r}, cache_dir={cfg.cache_dir!r}, "
+              f"val_fraction=0.5, degrade=d), progress=False, num_workers=1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".cache.partial-*/train/clean.i16")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".cache.partial-*")), "the kill should land while the cache is being written"
+    assert cache_status(cfg) == "missing"
+
+    two = ensure_cache(cfg, progress=False, num_workers=2)
+    assert not list(tmp_path.glob(".cache.partial-*"))
+    one = make_cfg(tmp_path, audio_dir)
+    one.cache_dir = str(tmp_path / "cache_inproc")
+    ensure_cache(one, progress=False, num_workers=0)
+    m2, m1 = (json.loads((p / "manifest.json").read_text()) for p in (two, tmp_path / "cache_inproc"))
+    assert m1["splits"] == m2["splits"]
+    for f in sorted(p.relative_to(two) for p in two.rglob("*.i16")):
+        assert (two / f).read_bytes() == (tmp_path / "cache_inproc" / f).read_bytes(), f

@@ -1,0 +1,142 @@
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gan.cache import FORMAT, CacheError, array_name
+from gan.data import TrainStream, load_val_set, make_train_loader
+from gan.config import DataConfig
+
+SHIFTS = [-12, 12]
+# train items: each sample of item k is (k + 1) * 1000 (int16); the silent one is 0.
+TRAIN = {"long.wav": 5000, "mid.wav": 1000, "edge.wav": 300, "short.wav": 100, "silent.wav": 2000}
+VAL = {"v1.wav": 700, "v2.wav": 150}
+SEG = 256
+
+
+def item_value(k: int, name: str) -> int:
+    return 0 if name.startswith("silent") else (k + 1) * 1000
+
+
+def write_cache(path, train=TRAIN, val=VAL):
+    """A hand-made cache: clean items are constants; degraded[s] = clean + s (int16 units)."""
+    splits = {}
+    for split, items in (("train", train), ("val", val)):
+        (path / split).mkdir(parents=True)
+        clean = np.concatenate([np.full(n, item_value(k, name), np.int16) for k, (name, n) in enumerate(items.items())]
+                               or [np.zeros(0, np.int16)])
+        clean.tofile(path / split / array_name(None))
+        for s in SHIFTS:
+            (clean + np.int16(s)).astype(np.int16).tofile(path / split / array_name(s))
+        offsets = np.concatenate([[0], np.cumsum(list(items.values()))[:-1]]).astype(int) if items else []
+        splits[split] = {"samples": int(clean.size), "items": [
+            {"file": name, "piece": 0, "offset": int(o), "length": n} for (name, n), o in zip(items.items(), offsets)]}
+    manifest = {"format": FORMAT, "shifts": SHIFTS, "settings": {"sample_rate": 48000}, "splits": splits}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def cfg_for(path, **kw) -> DataConfig:
+    base = dict(audio_dir="unused", cache_dir=str(path), segment_length=SEG, batch_size=64, num_workers=0,
+                val_segment_seconds=512 / 48000, val_examples=5)
+    return DataConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return write_cache(tmp_path / "cache")
+
+
+def test_crops_stay_inside_one_item_and_pair_with_their_shift(cache):
+    stream = TrainStream(cache, cfg_for(cache))
+    names = list(TRAIN)
+    for index in range(5):
+        b = stream.batch(index)
+        assert b["clean"].shape == b["degraded"].shape == (64, 1, SEG) and b["clean"].dtype == torch.float32
+        assert b["shift"].dtype == torch.int64 and set(b["shift"].tolist()) <= set(SHIFTS)
+        clean = np.rint(b["clean"][:, 0].numpy() * 32767).astype(int)  # (B, T) back to int16 units
+        degraded = np.rint(b["degraded"][:, 0].numpy() * 32767).astype(int)
+        for row, deg, shift in zip(clean, degraded, b["shift"].tolist()):
+            values = set(np.unique(row[row != 0]).tolist())
+            assert len(values) == 1, "a crop mixes two items"
+            k = values.pop() // 1000 - 1
+            nonzero = np.flatnonzero(row)
+            if TRAIN[names[k]] >= SEG:
+                assert nonzero.size == SEG
+            else:  # a short item sits whole, contiguous, inside a zero-padded crop
+                assert nonzero.size == TRAIN[names[k]] and np.ptp(nonzero) == nonzero.size - 1
+            np.testing.assert_array_equal(deg[nonzero], row[nonzero] + shift)
+
+
+def test_items_are_drawn_in_proportion_to_their_length_and_silence_is_redrawn(cache):
+    stream = TrainStream(cache, cfg_for(cache, batch_size=500))
+    counts = np.zeros(len(TRAIN))  # [silent rows, item 0, item 1, item 2, item 3]
+    for index in range(8):
+        peak = stream.batch(index)["clean"][:, 0].abs().amax(dim=1).numpy() * 32767
+        counts += np.bincount(np.rint(peak / 1000).astype(int), minlength=len(TRAIN))
+    assert counts[0] == 0  # the silent item never survives a redraw
+    lengths = np.array(list(TRAIN.values())[:-1], float)
+    np.testing.assert_allclose(counts[1:] / counts.sum(), lengths / lengths.sum(), atol=0.02)
+
+
+def test_batch_is_a_pure_function_of_seed_index_and_rank(cache):
+    cfg = cfg_for(cache, batch_size=8)
+    a, b = TrainStream(cache, cfg), TrainStream(cache, cfg)
+    for key in ("clean", "degraded", "shift"):
+        assert torch.equal(a.batch(7)[key], b.batch(7)[key])
+    assert not torch.equal(a.batch(7)["clean"], a.batch(8)["clean"])
+    assert not torch.equal(a.batch(7)["clean"], TrainStream(cache, cfg, rank=1).batch(7)["clean"])
+    assert not torch.equal(a.batch(7)["clean"], TrainStream(cache, cfg_for(cache, batch_size=8, seed=1)).batch(7)["clean"])
+
+
+def take(loader, n):
+    return list(itertools.islice(iter(loader), n))
+
+
+def assert_same(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_loader_sequence_is_independent_of_workers_and_start_index(cache):
+    serial = take(make_train_loader(cache, cfg_for(cache, batch_size=4), 0, 1), 7)
+    assert_same(serial, [TrainStream(cache, cfg_for(cache, batch_size=4)).batch(i) for i in range(7)])
+    assert_same(take(make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=2), 0, 1), 7), serial)
+    assert_same(take(make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=3), 0, 1, start_index=3), 4),
+                serial[3:])
+    other_rank = take(make_train_loader(cache, cfg_for(cache, batch_size=4), 1, 2), 1)
+    assert not torch.equal(other_rank[0]["clean"], serial[0]["clean"])
+
+
+def test_loader_reports_a_failing_worker(cache, tmp_path):
+    loader = make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=2), 0, 1)
+    (cache / "train" / array_name(None)).write_bytes(b"")  # the workers open the cache after this
+    loader.stream._sampler = None
+    with pytest.raises(RuntimeError, match="data loader worker failed on batch 0: .*CacheError: .*clean.i16 is missing or has the wrong size"):
+        take(loader, 1)
+
+
+def test_validation_set_is_fixed_padded_and_cycles_shifts(cache):
+    cfg = cfg_for(cache)
+    val = load_val_set(cache, cfg)
+    assert val["clean"].shape == val["degraded"].shape == (5, 1, 512)
+    assert val["shift"].tolist() == [-12, 12, -12, 12, -12]
+    again = load_val_set(cache, cfg)
+    assert all(torch.equal(val[k], again[k]) for k in val)
+    clean = np.rint(val["clean"][:, 0].numpy() * 32767).astype(int)
+    sizes = sorted({int((row != 0).sum()) for row in clean})
+    assert sizes == [150, 512]  # v2 (150 samples) is padded; v1 gives full crops
+    assert {int(v) for v in np.unique(clean)} == {0, 1000, 2000}
+
+
+def test_empty_splits(tmp_path):
+    path = write_cache(tmp_path / "c", val={})
+    assert load_val_set(path, cfg_for(path))["clean"].shape == (0, 1, 512)
+    path = write_cache(tmp_path / "d", train={})
+    with pytest.raises(CacheError, match="cache split 'train' is empty"):
+        make_train_loader(path, cfg_for(path), 0, 1)
+    with pytest.raises(CacheError, match="no manifest.json"):
+        make_train_loader(tmp_path / "missing", cfg_for(tmp_path / "missing"), 0, 1)
