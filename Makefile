@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) launch/preprocess.py --config demo
+	$(PY) launch/train.py --config demo --resume auto
+	$(PY) launch/enhance.py --checkpoint runs/demo --shift 12 -o runs/demo/enhanced data/demo/guit_em9.flac
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo/tb"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -198,26 +198,28 @@ class Trainer:
         clip = (self.cfg.optim.generator if net == "g" else self.cfg.optim.discriminator).grad_clip
         norm = self.accelerator.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf)
         norm = float(norm)
-        if math.isfinite(norm) and math.isfinite(float(loss)):
+        stepped = math.isfinite(norm) and math.isfinite(float(loss))
+        if stepped:
             opt.step()
             self.nonfinite[net] = 0
-            stepped = True
         else:
             self.nonfinite[net] += 1
             self.skipped_total[net] += 1
-            stepped = False
-            if self.nonfinite[net] >= self.cfg.trainer.max_nonfinite_skips:
-                raise NonFiniteError(
-                    f"step {self.step}: {net.upper()} loss or gradients non-finite for {self.nonfinite[net]} steps "
-                    "in a row; lower the learning rate or check the data (last checkpoint is intact)"
-                )
         opt.zero_grad(set_to_none=True)
+        if self.nonfinite[net] >= self.cfg.trainer.max_nonfinite_skips:
+            raise NonFiniteError(
+                f"step {self.step}: {net.upper()} loss or gradients non-finite for {self.nonfinite[net]} steps "
+                "in a row; lower the learning rate or check the data (last checkpoint is intact)"
+            )
         return norm, stepped
 
-    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
-        """One optimisation step over ``grad_accum`` micro-batches; returns the scalars to log."""
+    def train_step(self, micro_batches: list[dict], stage: str | None = None) -> dict[str, float]:
+        """One optimisation step over ``grad_accum`` micro-batches; returns the scalars to log.
+
+        ``stage`` defaults to the stage of the current step (benchmarks force one).
+        """
         acc, cfg = self.accelerator, self.cfg
-        adversarial = stage_at(self.step, cfg.trainer.warmup_steps) == ADVERSARIAL
+        adversarial = (stage or stage_at(self.step, cfg.trainer.warmup_steps)) == ADVERSARIAL
         k = len(micro_batches)
         logs: dict[str, float] = {}
 
@@ -241,7 +243,7 @@ class Trainer:
                         d_loss, d_terms = self.adversarial.discriminator_loss(fake.detach(), mb["clean"])
                     acc.backward(d_loss / k)
                 add("train/d", d_terms)
-                logs["train/d/total"] = logs.get("train/d/total", 0.0) + float(d_loss) / k
+                logs["train/d/total"] = logs.get("train/d/total", 0.0) + float(d_loss.detach()) / k
             t0 = self._timed("d_fwd_bwd", t0)
             logs["train/grad_norm/d"], _ = self._optimizer_step("d", torch.tensor(logs["train/d/total"]))
             self.sched_d.step()
@@ -260,7 +262,7 @@ class Trainer:
                         terms = {**terms, **adv_terms}
                 acc.backward(loss / k)
             add("train/g", terms)
-            g_total += float(loss) / k
+            g_total += float(loss.detach()) / k
         logs["train/g/total"] = g_total
         t0 = self._timed("g_fwd_bwd", t0)
         logs["train/grad_norm/g"], _ = self._optimizer_step("g", torch.tensor(g_total))

@@ -1,0 +1,57 @@
+"""Training throughput: steps/s and samples/s of warmup and adversarial steps, time split, peak memory."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="demo", help="config name or path (default: demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per stage")
+    p.add_argument("--untimed", type=int, default=1, help="steps per stage before timing starts")
+
+
+def run(args) -> dict:
+    from gan.config import load_config
+    from gan.data import make_train_loader
+    from gan.trainer import ADVERSARIAL, WARMUP, Trainer, peak_memory_mb
+
+    cfg = load_config(args.config, args.overrides)
+    out = {"config": args.config, "overrides": args.overrides, "batch_size": cfg.data.batch_size,
+           "segment_length": cfg.data.segment_length, "grad_accum": cfg.trainer.grad_accum,
+           "mixed_precision": cfg.trainer.mixed_precision}
+    with tempfile.TemporaryDirectory() as run_dir:
+        tr = Trainer(cfg, run_dir, progress=False)
+        acc = tr.accelerator
+        out["device"] = str(acc.device) if acc.device.type == "cpu" else torch.cuda.get_device_name(acc.device)
+        out["num_processes"] = acc.num_processes
+        batches = iter(make_train_loader(tr.cache_dir, cfg.data, acc.process_index, acc.num_processes))
+        dev = acc.device
+        for stage in (WARMUP, ADVERSARIAL):
+            for i in range(args.untimed + args.steps):
+                if i == args.untimed:
+                    tr.timers.clear()
+                    start = time.perf_counter()
+                t0 = time.perf_counter()
+                micro = [{k: v.to(dev) for k, v in next(batches).items()} for _ in range(cfg.trainer.grad_accum)]
+                tr._timed("data", t0)
+                tr.train_step(micro, stage=stage)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            steps_per_s = args.steps / elapsed
+            samples = cfg.data.batch_size * cfg.trainer.grad_accum * acc.num_processes
+            out[stage] = {
+                "steps_per_s": steps_per_s,
+                "samples_per_s": steps_per_s * samples,
+                "time_split_s_per_step": {k: v / args.steps for k, v in sorted(tr.timers.items())},
+            }
+        out["peak_memory_mb"] = peak_memory_mb(dev)
+        tr.close()
+    out["steps_per_s"] = {s: out[s]["steps_per_s"] for s in (WARMUP, ADVERSARIAL)}
+    out["samples_per_s"] = {s: out[s]["samples_per_s"] for s in (WARMUP, ADVERSARIAL)}
+    return out
