@@ -321,6 +321,9 @@ class Muon(torch.optim.Optimizer):
         return pending
 
     def _apply(self, plan: _Plan, chunk: list[_Bucket], gathered, updates: list) -> None:
+        """Decay and update every parameter of ``chunk`` that has a gradient here (foreach, by factor)."""
+        decay: dict[float, list[Tensor]] = {}
+        add: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
         for bi, b in enumerate(chunk):
             for r in range(len(b.counts)):
                 if b.counts[r] == 0:
@@ -337,8 +340,14 @@ class Muon(torch.optim.Optimizer):
                     o = mats[j].mT if plan.flipped[i] else mats[j]  # (m, n) -> (shape[0], prod(shape[1:]))
                     rows, cols = matrix_shape(p.shape, group["conv_transpose"])
                     if group["weight_decay"]:
-                        p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                    p.add_(o.reshape(p.shape), alpha=-group["lr"] * update_scale(rows, cols, group["scale"]))
+                        decay.setdefault(1.0 - group["lr"] * group["weight_decay"], []).append(p)
+                    ps, os = add.setdefault(-group["lr"] * update_scale(rows, cols, group["scale"]), ([], []))
+                    ps.append(p)
+                    os.append(o.reshape(p.shape))
+        for factor, ps in decay.items():
+            torch._foreach_mul_(ps, factor)
+        for alpha, (ps, os) in add.items():
+            torch._foreach_add_(ps, os, alpha=alpha)
 
     def _adamw(self, group: dict) -> None:
         ps = [p for p in group["params"] if p.grad is not None]
