@@ -257,7 +257,7 @@ class Trainer:
                     fake = fakes[i] if fakes[i] is not None else self.G(mb["degraded"])
                     loss, terms = self.reconstruction(fake, mb["clean"])
                     if adversarial and (w.adv or w.feat):
-                        adv_terms = self.adversarial.generator_losses(fake, mb["clean"])
+                        adv_terms = self.adversarial.generator_losses(fake, mb["clean"], feature_matching=w.feat > 0)
                         loss = loss + w.adv * adv_terms["adv"] + w.feat * adv_terms["feat"]
                         terms = {**terms, **adv_terms}
                 acc.backward(loss / k)
