@@ -179,7 +179,7 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
 def _remove_dead_partials(path: Path) -> None:
     """Delete temp folders of killed builds on this host (their process is gone)."""
     host = socket.gethostname()
-    for p in path.parent.glob(f".{path.name}.partial-{host}-*"):
+    for p in [*path.parent.glob(f".{path.name}.partial-{host}-*"), *path.parent.glob(f".{path.name}.old-{host}-*")]:
         try:
             os.kill(int(p.name.rsplit("-", 1)[1]), 0)
         except ProcessLookupError:
@@ -261,6 +261,13 @@ def process_piece(task: tuple, cfg: DataConfig) -> dict:
             "clean": q(clean), "degraded": {s: q(a) for s, a in degraded.items()}}
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects CPU limits of containers and taskset
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _init_worker() -> None:
     import torch
 
@@ -290,7 +297,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     tasks, skipped = _plan(cfg, files, root, warn)
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = usable_cores() if num_workers is None else num_workers
     workers = max(0, min(workers, len(tasks)))
     splits = {s: {"samples": 0, "items": []} for s in SPLITS}
     failed: dict[str, str] = {}
@@ -322,6 +329,9 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
             if rel not in done:  # a file is skipped when none of its pieces is usable
                 skipped.append({"file": rel, "reason": reason})
                 warn(f"warning: skipped {rel}: {reason}")
+        if not done:
+            raise CacheError(f"audio folder {root}: none of its {len(files)} audio files is usable; "
+                             "point data.audio_dir at a folder of recordings")
         manifest = {
             "format": FORMAT,
             "config_hash": config_hash(cache_settings(cfg)),

@@ -73,6 +73,14 @@ def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_di
     assert cache_status(cfg) == "ok"
 
 
+def test_a_folder_without_usable_audio_is_a_clear_error(tmp_path, audio_dir):
+    for name in (STEREO, f"sub/{MONO}"):
+        (audio_dir / name).unlink()
+    with pytest.raises(CacheError, match=r"audio folder .*: none of its 4 audio files is usable"):
+        ensure_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_split_is_a_stable_hash_of_the_relative_path():
     names = [f"song{i}.wav" for i in range(400)]
     val = [n for n in names if split_of(n, 0.25) == "val"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import soundfile as sf
 
 from gan.audio import find_audio_files
-from gan.cache import build_cache
+from gan.cache import build_cache, usable_cores
 from gan.config import DataConfig, DegradeConfig
 from gan.data import make_train_loader
 
@@ -78,7 +78,7 @@ def run(args) -> dict:
         "preprocess_realtime_factor": round(audio_seconds / wall, 3),
         "preprocess": {"audio_seconds": round(audio_seconds, 1), "wall_seconds": round(wall, 1),
                        "cached_seconds": round(manifest["seconds"]["train"], 1), "shifts": shifts,
-                       "shifter": args.shifter, "workers": args.workers or os.cpu_count()},
+                       "shifter": args.shifter, "workers": usable_cores() if args.workers is None else args.workers},
         "loader_batches_per_s": rates,
         "loader": {"batch_size": args.batch_size, "segment_length": args.segment_length,
                    "window_seconds": args.loader_seconds},
