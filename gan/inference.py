@@ -320,8 +320,12 @@ class Enhancer:
         tmp = dst.with_name(f".{dst.name}.partial")
         bar = _progress_bar(n * MODEL_RATE // max(rate, 1), f"{src.name}", progress)
         try:
-            with sf.SoundFile(str(src)) as fin, sf.SoundFile(str(tmp), "w", rate, channels, subtype,
-                                                               format=info.format) as fout:
+            try:
+                fout = sf.SoundFile(str(tmp), "w", rate, channels, subtype, format=info.format)
+            except (sf.LibsndfileError, ValueError, TypeError) as e:
+                raise AudioError(f"{dst}: cannot write {info.format}/{subtype} ({e}); pass another --subtype "
+                                 "or convert the input to WAV/FLAC") from None
+            with sf.SoundFile(str(src)) as fin, fout:
                 blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(_READ_BLOCK, dtype="float32",
                                                                           always_2d=True))
                 written = 0
@@ -359,7 +363,12 @@ def output_paths(inputs: list[str | Path], out_dir: str | Path) -> list[tuple[Pa
             pairs.append((item, out_dir / item.name))
         else:
             raise AudioError(f"{item}: no such file or folder")
+    seen: dict[Path, Path] = {}
     for src, dst in pairs:
         if dst.resolve() == src.resolve():
             raise AudioError(f"{dst}: would overwrite the input; choose another output folder (-o)")
+        if dst.resolve() in seen:
+            raise AudioError(f"{dst}: both {seen[dst.resolve()]} and {src} would be written there; "
+                             "enhance them into separate output folders")
+        seen[dst.resolve()] = src
     return pairs

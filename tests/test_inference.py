@@ -205,6 +205,10 @@ def test_enhance_file_keeps_rate_channels_length_and_subtype(tmp_path, registry)
         enh.enhance_file(tmp_path / "in.wav", tmp_path / "in.wav")
     with pytest.raises(AudioError, match="overwrite the input"):
         output_paths([tmp_path / "in.wav"], tmp_path)
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "b" / "in.wav", x[:100], 44100)
+    with pytest.raises(AudioError, match="both"):
+        output_paths([tmp_path / "in.wav", tmp_path / "b" / "in.wav"], tmp_path / "o")
 
 
 def test_enhance_cli_identity_shift_0_returns_input(tmp_path, registry, monkeypatch):
