@@ -177,11 +177,22 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _finite(obj):
+    """NaN / inf -> None, so the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_outputs(report: dict, json_path: str | Path | None = None, csv_path: str | Path | None = None) -> None:
-    """JSON of the whole report; CSV of per-example rows plus ``<name>_summary.csv``."""
+    """JSON of the whole report (NaN as null); CSV of per-example rows plus ``<name>_summary.csv``."""
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=2, allow_nan=True))
+        Path(json_path).write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     if csv_path:
         csv_path = Path(csv_path)
         csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,20 @@ def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
     report = evaluate([tmp_path / "a"], clean, degraded_dir=tmp_path / "deg", metrics=["lsd"], progress=False)
     (row,) = report["rows"]
     assert row["shift"] == "given" and row["lsd_degraded"] == pytest.approx(2 * math.log10(2), abs=1e-3)
+
+
+def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
+    from gan.cache import build_cache
+    from gan.config import DataConfig, DegradeConfig
+    from gan.evaluation import evaluate
+
+    write_checkpoint(tmp_path / "a", {"name": "toy"})
+    cfg = DataConfig(audio_dir=str(make_folder(tmp_path / "clean", seconds=0.3, files=3)),
+                     cache_dir=str(tmp_path / "cache"), val_fraction=0.5, degrade=DegradeConfig(shifts=[12]))
+    manifest = build_cache(cfg, progress=False, num_workers=0)
+    val = manifest["splits"]["val"]["items"]
+    report = evaluate([tmp_path / "a"], tmp_path / "cache", metrics=["lsd"], progress=False)
+    assert [r["file"] for r in report["rows"]] == [f"{it['file']}#{it['piece']}" for it in val]
+    assert all(r["shift"] == "+12" and r["lsd_degraded"] > 0 for r in report["rows"])
+    with pytest.raises(Exception, match="has no shift"):
+        evaluate([tmp_path / "a"], tmp_path / "cache", shifts=[5], metrics=["lsd"], progress=False)
