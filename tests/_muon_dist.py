@@ -89,6 +89,7 @@ def run(steps: int, resume_at: int | None = None, ckpt: Path | None = None, acce
         model = build_model()
         opt = build_optimizer(model, CFG)
         opt.chunk_numel = 300  # several all-gathers in flight per step, as with a large model
+        opt.batch_ns = True  # the GPU path: one Newton-Schulz call per shape bucket
         return accelerator.prepare(model, opt) if accelerator else (model, opt)
 
     model, opt = make()

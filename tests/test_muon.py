@@ -117,8 +117,11 @@ def test_plan_gives_each_matrix_to_the_least_loaded_rank():
 # --------------------------------------------------------------------------- single-process update
 
 
-@pytest.mark.parametrize("nesterov,scale,wd,chunk", [(True, "spectral", 0.0, 1 << 22), (False, "match_adamw", 0.1, 1)])
-def test_muon_equals_reference(nesterov, scale, wd, chunk):
+@pytest.mark.parametrize(
+    "nesterov,scale,wd,chunk,batch",
+    [(True, "spectral", 0.0, 1 << 22, True), (False, "match_adamw", 0.1, 1, False), (True, "spectral", 0.1, 1, None)],
+)
+def test_muon_equals_reference(nesterov, scale, wd, chunk, batch):
     params = _params()
     ref = [p.detach().clone() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
@@ -126,7 +129,7 @@ def test_muon_equals_reference(nesterov, scale, wd, chunk):
     opt = Muon(
         [{"params": [p for p in params if p is not ct], "use_muon": True},
          {"params": [ct], "use_muon": True, "conv_transpose": True, "lr": 0.03}],
-        lr=0.02, nesterov=nesterov, scale=scale, weight_decay=wd, chunk_numel=chunk,
+        lr=0.02, nesterov=nesterov, scale=scale, weight_decay=wd, chunk_numel=chunk, batch_ns=batch,
     )
     for step in range(3):
         grads = _grads(params, step)
