@@ -4,3 +4,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEMO_AUDIO = ROOT / "data" / "demo"
+
+import torch
+
+torch.set_num_threads(1)  # tiny models: threads only add contention on small CI machines
