@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import warnings
 from typing import Callable
 
@@ -136,7 +137,8 @@ class MetricSuite:
                     warnings.simplefilter("ignore")
                     out[name] = self._fn(name)(ref, est)
             except Exception as e:  # e.g. PESQ on silence ("no utterances detected")
-                warnings.warn(f"metric {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; NaN")
+                print(f"note: metric {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; NaN",
+                      file=sys.stderr)
                 out[name] = math.nan
         return out
 
