@@ -18,9 +18,9 @@ last ends at the end of the signal, so the borders see exactly the zero padding 
 whole-file call sees. Hence the chunked output equals the whole-file output up to
 floating-point rounding (valid-padding stitching; no cross-fade is needed).
 
-``--shift`` runs the training shifter on the whole 48 kHz signal (a phase vocoder
-accumulates phase over the whole file and cannot be cut exactly), so with a shift the
-memory grows with the file's length; without one it stays bounded.
+``--shift`` runs the training shifter first: the ``torchaudio`` phase vocoder streamed block
+by block with its accumulated phase carried over (``gan.stream_shift``), so memory stays
+bounded there too; another shifter (``signalsmith``) gets the whole 48 kHz signal at once.
 """
 from __future__ import annotations
 
@@ -218,10 +218,11 @@ def _resample_ratio(orig: int, new: int) -> tuple[int, int, int]:
 
 
 def resample_blocks(blocks: Iterator[torch.Tensor], channels: int, n_in: int, orig: int, new: int,
-                    hop_seconds: float = 10.0) -> tuple[Iterator[torch.Tensor], int]:
+                    hop: int = 1 << 19) -> tuple[Iterator[torch.Tensor], int]:
     """Stream ``orig -> new`` Hz resampling equal to ``torchaudio.functional.resample`` of the whole.
 
-    ``(C, n_in)`` blocks -> (blocks, n_out) with ``n_out = ceil(n_in * new / orig)``.
+    ``(C, n_in)`` blocks -> (blocks, n_out) with ``n_out = ceil(n_in * new / orig)``; ``hop``
+    input samples per window.
     """
     if orig == new:
         return blocks, n_in
@@ -233,7 +234,7 @@ def resample_blocks(blocks: Iterator[torch.Tensor], channels: int, n_in: int, or
         # they only make the last window long enough for its exactly rounded length
         return AF.resample(torch.nn.functional.pad(x, (0, den)), orig, new)
 
-    hop = _round_up(max(int(hop_seconds * orig), den), den)
+    hop = _round_up(max(hop, den), den)
     return chunked_map(blocks, channels, n_in, n_out, fn, hop, context, num, den), n_out
 
 
@@ -290,11 +291,16 @@ class Enhancer:
                   progress=None) -> Iterator[torch.Tensor]:
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
         if shift:
-            from gan.degrade import apply_shift
-
-            whole = torch.cat(list(x48), dim=-1)  # (C, n48): the shifter needs the whole signal
             shifter = main_shifter(self.cfg.data.degrade)
-            x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))
+            if shifter == "torchaudio" and n48 >= MODEL_RATE:
+                from gan.stream_shift import stream_shift
+
+                x48 = stream_shift(x48, channels, n48, MODEL_RATE, shift, self.cfg.data.degrade)
+            else:  # short input, or a shifter that needs the whole signal at once
+                from gan.degrade import apply_shift
+
+                whole = torch.cat(list(x48), dim=-1) if n48 else torch.zeros(channels, 0)  # (C, n48)
+                x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))
         if chunked:
             y48 = self.stream(x48, channels, n48, progress)
         else:

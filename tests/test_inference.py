@@ -117,7 +117,7 @@ def test_block_reader_keeps_only_what_later_reads_need():
 @pytest.mark.parametrize("orig,new", [(44100, 48000), (48000, 44100), (22050, 48000)])
 def test_streamed_resampling_equals_whole(orig, new):
     x = torch.randn(2, orig * 3 + 123)
-    blocks, n = resample_blocks(tensor_blocks(x, 5000), 2, x.shape[-1], orig, new, hop_seconds=0.3)
+    blocks, n = resample_blocks(tensor_blocks(x, 5000), 2, x.shape[-1], orig, new, hop=int(0.3 * orig))
     y = torch.cat(list(blocks), dim=-1)
     ref = AF.resample(x, orig, new)  # its length is ceil() in float32: may be one short
     assert y.shape[-1] == n == -(-x.shape[-1] * new // orig) and 0 <= n - ref.shape[-1] <= 1
@@ -252,3 +252,38 @@ def test_ten_minute_file_streams_with_bounded_memory(tmp_path):
     print(f"peak RSS MiB: {peaks}")
     # holding the extra 8 minutes even once at 48 kHz would add 88 MiB (a whole-file pipeline: several times that)
     assert peaks[600] - peaks[120] < 40, peaks
+
+
+@pytest.mark.parametrize("semitones", [12, -5])
+def test_streamed_phase_vocoder_equals_torchaudio(semitones):
+    from gan.stream_shift import _stretch_blocks
+
+    cfg, n_fft, hop = DegradeConfig(), 2048, 512
+    x = torch.randn(2, 96000 + 333) * 0.1
+    window = torch.hann_window(n_fft)
+    rate = 2.0 ** (-semitones / 12)
+    spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
+    pv = AF.phase_vocoder(spec, rate, torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[..., None])
+    ref = torch.istft(pv, n_fft, hop, n_fft, window, length=round(x.shape[-1] / rate))
+    blocks, n = _stretch_blocks(tensor_blocks(x, 3000), 2, x.shape[-1], semitones, cfg, frames_per_block=40)
+    y = torch.cat(list(blocks), dim=-1)
+    assert y.shape == ref.shape and n == ref.shape[-1]
+    assert rel_db(y, ref) < -100  # only the summation order of the overlap-add differs
+
+
+def test_streamed_shift_matches_training_shifter_in_bounded_blocks(monkeypatch):
+    import gan.stream_shift as ss
+    from gan.degrade import apply_shift
+
+    cfg = DegradeConfig()
+    x = torch.randn(2, 2 * 44100 + 5) * 0.1
+    seen = []
+    frames = ss._frames
+    monkeypatch.setattr(ss, "_frames", lambda reader, k0, k1, *a: seen.append(k1 - k0) or frames(reader, k0, k1, *a))
+    y = torch.cat(list(ss.stream_shift(tensor_blocks(x, 4000), 2, x.shape[-1], 44100, 7, cfg, frames_per_block=32)))
+    ref = apply_shift(x, 44100, 7, cfg, "torchaudio")
+    assert y.shape == ref.shape
+    # the whole-signal shifter itself moves by about -60 dB when its input moves by -140 dB
+    # (float32 phase accumulation), so agreement to that level is all there is to have
+    assert rel_db(y, ref) < -50
+    assert len(seen) > 5 and max(seen) <= math.ceil(32 * 2 ** (-7 / 12)) + 2
