@@ -251,7 +251,7 @@ class Enhancer:
     """Runs a generator over audio of any length, rate and channel count in overlapping windows."""
 
     def __init__(self, loaded: LoadedGenerator, chunk_seconds: float = 5.0, context_seconds: float | None = None,
-                 batch_size: int = 4, device: str | torch.device | None = None):
+                 batch_size: int = 4, device: str | torch.device | None = None, shifter: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = loaded.model.to(self.device)
         self.cfg = loaded.cfg
@@ -262,6 +262,12 @@ class Enhancer:
             raise ValueError(f"--chunk-seconds {chunk_seconds}: must be positive")
         self.hop = _round_up(max(int(chunk_seconds * MODEL_RATE), 1), self.align)
         self.batch_size = max(1, batch_size)
+        self.shifter = shifter or main_shifter(loaded.cfg.data.degrade)  # for shift != 0
+        if shifter is not None:
+            from gan.degrade import SHIFTERS
+
+            if shifter not in SHIFTERS:
+                raise ValueError(f"--shifter {shifter}: unknown; known: {sorted(SHIFTERS)}")
 
     @torch.inference_mode()
     def _generate(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +297,7 @@ class Enhancer:
                   progress=None) -> Iterator[torch.Tensor]:
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
         if shift:
-            shifter = main_shifter(self.cfg.data.degrade)
+            shifter = self.shifter
             if shifter == "torchaudio" and n48 >= MODEL_RATE:
                 from gan.stream_shift import stream_shift
 
@@ -347,8 +353,8 @@ class Enhancer:
 
 
 def main_shifter(cfg_degrade) -> str:
-    """The shifter the training data used most (ties: first by name)."""
-    return min(cfg_degrade.shifters, key=lambda name: (-cfg_degrade.shifters[name], name))
+    """The shifter the training data used most; ties go to ``torchaudio`` (streamed), then by name."""
+    return min(cfg_degrade.shifters, key=lambda name: (-cfg_degrade.shifters[name], name != "torchaudio", name))
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

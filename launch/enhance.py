@@ -22,6 +22,8 @@ def main(argv=None) -> int:
                                                        "or generator.pt")
     p.add_argument("-o", "--out-dir", required=True, help="folder for the cleaned files")
     p.add_argument("--shift", type=float, default=0.0, help="pitch-shift by N semitones first (training shifter)")
+    p.add_argument("--shifter", default=None, help="shifter for --shift (default: the one the training data used "
+                                                  "most; ties: torchaudio)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
     p.add_argument("--context-seconds", type=float, default=None,
                    help="context each side of a chunk (default: the generator's receptive field, seamless)")
@@ -41,7 +43,8 @@ def main(argv=None) -> int:
         if not pairs:
             raise AudioError(f"{' '.join(args.inputs)}: no audio files found")
         loaded = load_generator(args.checkpoint)
-        enhancer = Enhancer(loaded, args.chunk_seconds, args.context_seconds, args.batch_size, args.device)
+        enhancer = Enhancer(loaded, args.chunk_seconds, args.context_seconds, args.batch_size, args.device,
+                            args.shifter)
         print(f"generator {loaded.cfg.generator.name} step {loaded.step}{' (EMA)' if loaded.ema else ''} "
               f"on {enhancer.device}", file=sys.stderr)
         for src, dst in pairs:

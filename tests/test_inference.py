@@ -224,6 +224,12 @@ def test_enhance_cli_identity_shift_0_returns_input(tmp_path, registry, monkeypa
                          str(tmp_path / "out"), str(tmp_path / "in")]) == 0
     y, sr = sf.read(tmp_path / "out" / "in" / "a.wav", dtype="float32")
     assert sr == 48000 and np.array_equal(y, x)
+    from gan.degrade import apply_shift  # --shift 3 with identity weights = the training shifter alone
+    assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--shift", "3", "--quiet", "-o",
+                         str(tmp_path / "s3"), str(tmp_path / "in" / "a.wav")]) == 0
+    y, _ = sf.read(tmp_path / "s3" / "a.wav", dtype="float32")
+    ref = apply_shift(torch.from_numpy(x.T.copy()), 48000, 3, DegradeConfig())
+    assert rel_db(torch.from_numpy(y.T.copy()), ref) < -50
     assert enhance.main(["--checkpoint", str(tmp_path / "nope"), "-o", str(tmp_path / "o2"),
                          str(tmp_path / "in")]) == 2
 
@@ -287,3 +293,10 @@ def test_streamed_shift_matches_training_shifter_in_bounded_blocks(monkeypatch):
     # (float32 phase accumulation), so agreement to that level is all there is to have
     assert rel_db(y, ref) < -50
     assert len(seen) > 5 and max(seen) <= math.ceil(32 * 2 ** (-7 / 12)) + 2
+
+
+def test_main_shifter_prefers_the_most_used_then_torchaudio():
+    from gan.inference import main_shifter
+
+    assert main_shifter(DegradeConfig(shifters={"signalsmith": 1.0, "torchaudio": 1.0})) == "torchaudio"
+    assert main_shifter(DegradeConfig(shifters={"signalsmith": 2.0, "torchaudio": 1.0})) == "signalsmith"
