@@ -109,10 +109,15 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
 
 
 def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:
-    """(alignment, context) in samples for chunking: the total stride and the receptive field."""
+    """(alignment, context) in samples for chunking: the total stride, and how far one output
+    sample reaches into the input on either side (``input_span``; else the whole receptive field)."""
     stride = int(getattr(cfg_generator, "total_stride", 1))
-    field = int(model.receptive_field())
-    return stride, _round_up(field, stride)
+    if hasattr(model, "input_span"):
+        spans = [(t, *model.input_span((t, t))) for t in range(stride)]
+        reach = max(max(t - a, b - t) for t, a, b in spans)
+    else:
+        reach = int(model.receptive_field())
+    return stride, _round_up(reach, stride)
 
 
 # --------------------------------------------------------------------------- chunking
