@@ -150,3 +150,15 @@ def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
     assert all(r["shift"] == "+12" and r["lsd_degraded"] > 0 for r in report["rows"])
     with pytest.raises(Exception, match="has no shift"):
         evaluate([tmp_path / "a"], tmp_path / "cache", shifts=[5], metrics=["lsd"], progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(extra_available("visqol") or extra_available("dnsmos"), reason="visqol / speechmos not installed")
+def test_visqol_and_dnsmos_rank_clean_above_noisy():
+    t = np.arange(48000 * 3) / 48000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    x += noise(len(x), seed=6, scale=0.003)
+    suite = MetricSuite(["visqol", "dnsmos"])
+    same, noisy = suite.score(x, x), suite.score(x, x + noise(len(x), seed=7, scale=0.1))
+    assert same["visqol"] > 4.0 and noisy["visqol"] < same["visqol"] - 0.5
+    assert 1.0 <= noisy["dnsmos"] <= 5.0 and 1.0 <= same["dnsmos"] <= 5.0
