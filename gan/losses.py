@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .config import LossConfig, LossWeights, MelLossConfig
 
@@ -107,6 +108,7 @@ class _MelDistance(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         spec, mag, mel, window, fb_t, bin_weight, d_log, d_mag = ctx.saved_tensors
         eps, log_weight, mag_weight, pow, n_fft = ctx.consts
