@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from discriminators import build_discriminator
 from generators import build_generator
 
+from . import ds
 from .adversarial import AdversarialLoss
 from .cache import ensure_cache
 from .checkpoint import CheckpointError, CheckpointManager, code_version, step_dir_name
@@ -55,6 +56,10 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         t = cfg.trainer
+        self.engines = None  # the DeepSpeed side (gan/ds.py) when launched with a DeepSpeed config
+        if accelerator is None and ds.deepspeed_requested():
+            accelerator = Accelerator(**ds.accelerator_kwargs(cfg))  # refuses Muon, ZeRO-3, offload
+            self.engines = ds.Engines(accelerator, t.mixed_precision)
         self.accelerator = accelerator or Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision=t.mixed_precision,
@@ -76,7 +81,10 @@ class Trainer:
         d = build_discriminator(cfg.discriminators)
         opt_g = build_optimizer(g, cfg.optim.generator)
         opt_d = build_optimizer(d, cfg.optim.discriminator)
-        self.G, self.D, self.opt_g, self.opt_d = acc.prepare(g, d, opt_g, opt_d)
+        if self.engines is not None:  # two engines: Accelerate keeps one engine per prepare call
+            self.G, self.D, self.opt_g, self.opt_d = self.engines.prepare(g, d, opt_g, opt_d)
+        else:
+            self.G, self.D, self.opt_g, self.opt_d = acc.prepare(g, d, opt_g, opt_d)
         # G's schedule runs over every step; D's over the adversarial steps only.
         self.sched_g = build_scheduler(opt_g, cfg.optim.generator.scheduler, t.max_steps)
         self.sched_d = build_scheduler(opt_d, cfg.optim.discriminator.scheduler, t.max_steps - t.warmup_steps)
@@ -152,6 +160,7 @@ class Trainer:
         except (OSError, RuntimeError, EOFError) as e:
             raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({e}); pick an older one") from None
         self._check_compatible(state, path)
+        ds.check_resume(path, self.engines is not None, self.accelerator.num_processes)
         self.accelerator.load_state(str(path))
         self.load_state_dict(state)
         if self.is_main:
@@ -196,22 +205,37 @@ class Trainer:
         """Clip, check finiteness and step one network. Returns (grad norm, stepped)."""
         model, opt = (self.G, self.opt_g) if net == "g" else (self.D, self.opt_d)
         clip = (self.cfg.optim.generator if net == "g" else self.cfg.optim.discriminator).grad_clip
-        norm = self.accelerator.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf)
-        norm = float(norm)
-        stepped = math.isfinite(norm) and math.isfinite(float(loss))
-        if stepped:
-            opt.step()
-            self.nonfinite[net] = 0
+        if self.engines is not None:  # the engine clips, steps unless its grad norm is non-finite, zeroes grads
+            norm = self.engines.step(model)
+            stepped = math.isfinite(norm)
+            finite = stepped and math.isfinite(float(loss))
         else:
-            self.nonfinite[net] += 1
-            self.skipped_total[net] += 1
-        opt.zero_grad(set_to_none=True)
+            norm = float(self.accelerator.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf))
+            finite = stepped = math.isfinite(norm) and math.isfinite(float(loss))
+            if stepped:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.nonfinite[net] = 0 if finite else self.nonfinite[net] + 1
+        self.skipped_total[net] += 0 if stepped else 1
         if self.nonfinite[net] >= self.cfg.trainer.max_nonfinite_skips:
             raise NonFiniteError(
                 f"step {self.step}: {net.upper()} loss or gradients non-finite for {self.nonfinite[net]} steps "
                 "in a row; lower the learning rate or check the data (last checkpoint is intact)"
             )
         return norm, stepped
+
+    def _autocast(self):
+        return self.engines.autocast() if self.engines is not None else self.accelerator.autocast()
+
+    def _no_sync(self, model, skip_sync: bool):
+        """DDP's no_sync on all but the last micro-batch; DeepSpeed uses accumulation boundaries instead."""
+        return self.accelerator.no_sync(model) if skip_sync and self.engines is None else nullcontext()
+
+    def _backward(self, model, loss: torch.Tensor, last: bool) -> None:
+        if self.engines is not None:
+            self.engines.backward(model, loss, last)
+        else:
+            self.accelerator.backward(loss)
 
     def train_step(self, micro_batches: list[dict], stage: str | None = None) -> dict[str, float]:
         """One optimisation step over ``grad_accum`` micro-batches; returns the scalars to log.
@@ -225,23 +249,23 @@ class Trainer:
 
         def add(prefix, terms):
             for name, v in terms.items():
-                logs[f"{prefix}/{name}"] = logs.get(f"{prefix}/{name}", 0.0) + float(v) / k
+                logs[f"{prefix}/{name}"] = logs.get(f"{prefix}/{name}", 0.0) + float(v.detach() if torch.is_tensor(v) else v) / k
 
         fakes = [None] * k
         t0 = time.perf_counter()
         if adversarial:  # D step; with accumulation, fakes come from no-grad G passes
             for i, mb in enumerate(micro_batches):
-                with acc.autocast():
+                with self._autocast():
                     if k == 1:
                         fakes[i] = self.G(mb["degraded"])
                         fake = fakes[i]
                     else:
                         with torch.no_grad():
                             fake = self.G(mb["degraded"])
-                with acc.no_sync(self.D) if i < k - 1 else nullcontext():
-                    with acc.autocast():
+                with self._no_sync(self.D, i < k - 1):
+                    with self._autocast():
                         d_loss, d_terms = self.adversarial.discriminator_loss(fake.detach(), mb["clean"])
-                    acc.backward(d_loss / k)
+                    self._backward(self.D, d_loss / k, last=i == k - 1)
                 add("train/d", d_terms)
                 logs["train/d/total"] = logs.get("train/d/total", 0.0) + float(d_loss.detach()) / k
             t0 = self._timed("d_fwd_bwd", t0)
@@ -252,15 +276,15 @@ class Trainer:
         w = cfg.loss_weights
         g_total = 0.0
         for i, mb in enumerate(micro_batches):
-            with acc.no_sync(self.G) if i < k - 1 else nullcontext():
-                with acc.autocast():
+            with self._no_sync(self.G, i < k - 1):
+                with self._autocast():
                     fake = fakes[i] if fakes[i] is not None else self.G(mb["degraded"])
                     loss, terms = self.reconstruction(fake, mb["clean"])
                     if adversarial and (w.adv or w.feat):
                         adv_terms = self.adversarial.generator_losses(fake, mb["clean"], feature_matching=w.feat > 0)
                         loss = loss + w.adv * adv_terms["adv"] + w.feat * adv_terms["feat"]
                         terms = {**terms, **adv_terms}
-                acc.backward(loss / k)
+                self._backward(self.G, loss / k, last=i == k - 1)
             add("train/g", terms)
             g_total += float(loss.detach()) / k
         logs["train/g/total"] = g_total
