@@ -218,7 +218,7 @@ def plot_improvements(report: dict, path: str | Path) -> None:
     metrics, labels = report["metrics"], list(report["checkpoints"])
     keys = list(dict.fromkeys((r["file"], r["shift"]) for r in report["rows"]))
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.25 * len(keys) * len(labels)), 2.2 * len(metrics)),
-                             squeeze=False)
+                             squeeze=False, sharex=True)
     width = 0.8 / len(labels)
     for ax, m in zip(axes[:, 0], metrics):
         for i, lab in enumerate(labels):
