@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the 'deepspeed' extra of pyproject.toml: DeepSpeed builds from source against the installed torch
+DEEPSPEED := 'deepspeed>=0.19,<0.20' 'transformers>=4.46'
 
 .PHONY: demo test bench clean
 
@@ -10,6 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-build-isolation $(DEEPSPEED)
 	touch $(STAMP)
 
 demo: $(STAMP)
