@@ -8,10 +8,10 @@ DEEPSPEED := 'deepspeed>=0.19,<0.20' 'transformers>=4.46'
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,metrics]'
 	$(PY) -m pip install --quiet --no-build-isolation $(DEEPSPEED)
 	touch $(STAMP)
 
