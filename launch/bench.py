@@ -8,6 +8,7 @@ Each topic lives in ``gan/bench/<topic>.py`` with ``add_args(parser)`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -19,6 +20,14 @@ TOPICS = ["data", "models", "losses", "optim", "train", "infer"]
 
 
 def main(argv=None) -> None:
+    out = sys.stdout
+    # libraries (DeepSpeed's logger among them) print to stdout; keep it for the JSON alone
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _run(argv)
+    print(json.dumps(result, indent=2), file=out)
+
+
+def _run(argv) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="topic", required=True)
     modules = {}
@@ -41,7 +50,7 @@ def main(argv=None) -> None:
             result[topic] = mod.run(p.parse_args([]))
     else:
         result = modules[args.topic].run(args)
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -230,3 +230,17 @@ def test_two_process_resume_is_exact(tiny_data, tmp_path):
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
     assert (ckpt / "step_000000006" / "random_states_1.pkl").is_file()  # every rank's RNG is saved
     assert_same_weights(ckpt / "step_000000006", tmp_path / "b" / "checkpoints" / "step_000000006")
+
+
+@pytest.mark.slow
+def test_bench_train_prints_one_json_object(tiny_data, tmp_path):
+    import json
+
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml")
+    out = subprocess.run([PY, str(ROOT / "launch" / "bench.py"), "train", "--config", str(cfg), "--steps", "1",
+                          "--untimed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)  # nothing but the JSON on stdout
+    for stage in ("warmup", "adversarial"):
+        assert result["steps_per_s"][stage] > 0 and result["samples_per_s"][stage] > 0
+    assert {"g_fwd_bwd", "d_fwd_bwd", "optimizer", "data"} <= set(result["adversarial"]["time_split_s_per_step"])
