@@ -75,7 +75,7 @@ class CropSampler:
         return np.searchsorted(self.cum, rng.random(n) * self.cum[-1], side="right")
 
     def _positions(self, rng: np.random.Generator, items: np.ndarray) -> np.ndarray:
-        """Crop start inside each item; negative = the item starts that far into a padded crop."""
+        """Crop start inside each item; for an item shorter than a crop, ``-start`` is where it sits in the padded crop."""
         span = self.split.lengths[items] - self.length  # (n,)
         pos = np.floor(rng.random(len(items)) * (np.abs(span) + 1)).astype(np.int64)
         return np.where(span >= 0, pos, -pos)
@@ -93,7 +93,7 @@ class CropSampler:
     def _copy(self, row: np.ndarray, array: np.ndarray, item: int, start: int) -> None:
         """``row[:] = array[item crop] / 32767``, zero-padded where the item is shorter."""
         off, length = self.split.offsets[item], self.split.lengths[item]
-        if start >= 0:
+        if length >= self.length:  # by length, not by the sign of start: a short item can start at 0
             row[:] = array[off + start: off + start + self.length]  # int16 -> float32
         else:
             row[:] = 0.0

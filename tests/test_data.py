@@ -140,3 +140,28 @@ def test_empty_splits(tmp_path):
         make_train_loader(path, cfg_for(path), 0, 1)
     with pytest.raises(CacheError, match="no manifest.json"):
         make_train_loader(tmp_path / "missing", cfg_for(tmp_path / "missing"), 0, 1)
+
+
+class _ZeroDraws:
+    """A Generator stand-in whose uniform draws are all 0: every crop position is 0."""
+
+    def random(self, n):
+        return np.zeros(n)
+
+
+@pytest.mark.parametrize("name", ["short.wav", "v2.wav"])  # a short item in the middle / at the end of a split
+def test_short_item_at_position_zero_stays_inside_its_item(cache, name):
+    from gan.cache import open_cache
+    from gan.data import CropSampler
+    split_name, items = ("train", TRAIN) if name in TRAIN else ("val", VAL)
+    split = open_cache(cache).split(split_name)
+    k = list(items).index(name)
+    crops = CropSampler(split, SHIFTS, SEG, -60.0).draw(_ZeroDraws(), 2, items=np.array([k, k]),
+                                                        shift_idx=np.array([0, 1]))
+    clean = np.rint(crops["clean"] * 32767).astype(int)
+    expected = np.zeros(SEG, int)
+    expected[:items[name]] = item_value(k, name)  # the item at the crop's start, then zeros
+    np.testing.assert_array_equal(clean, [expected, expected])
+    degraded = np.rint(crops["degraded"] * 32767).astype(int)
+    np.testing.assert_array_equal(degraded, [np.where(expected != 0, expected - 12, 0),
+                                             np.where(expected != 0, expected + 12, 0)])
