@@ -16,7 +16,8 @@ semitones, cfg) -> (C, T)``):
   time stretch, then resampling by the pitch ratio) with ``cfg.n_fft`` / ``cfg.hop_length``.
   torchaudio's own function resamples by ``int(rate / ratio) : rate``, whose sinc kernel
   needs tens of GB for non-octave shifts at 96 kHz; here that ratio is reduced to a
-  fraction with denominator <= 1000 (pitch error < 0.001 cent). For octave shifts the
+  fraction with denominator <= 1000 (pitch error < 0.001 cent; the numerator reaches
+  about 2000 for shifts down, see ``reduced_ratio``). For octave shifts the
   result equals ``torchaudio.functional.pitch_shift`` exactly.
 - ``signalsmith``: Signalsmith Stretch (python-stretch, MIT), an independent
   multi-resolution spectral shifter, seeded for determinism.
@@ -40,7 +41,34 @@ import torchaudio.transforms as T
 from gan.config import ConfigError, DegradeConfig
 
 MODEL_RATE = 48000
-_MAX_RATIO_TERM = 1000  # largest numerator/denominator handed to the sinc resampler
+MAX_RATIO_DENOMINATOR = 1000  # a shift's rate ratio with a longer term is approximated with denominator <= this
+MAX_KERNEL_SIZE = 1 << 22  # elements of a sinc resampling kernel (16 MiB in float32) we accept to build
+
+
+def sinc_kernel_size(orig: int, new: int) -> int:
+    """Elements of torchaudio's default sinc kernel for ``orig -> new`` (the rates reduced by their gcd)."""
+    g = math.gcd(int(orig), int(new))
+    orig, new = int(orig) // g, int(new) // g
+    width = math.ceil(6 * orig / (0.99 * min(orig, new)))  # lowpass_filter_width 6, rolloff 0.99
+    return new * (orig + 2 * width)
+
+
+def reduced_ratio(orig: int, new: int) -> Fraction:
+    """``new / orig``; with a term > ``MAX_RATIO_DENOMINATOR``, the nearest fraction with a denominator that short.
+
+    The numerator of the result may exceed the limit (up to twice it for a shift down by an
+    octave); its kernel stays below ``MAX_KERNEL_SIZE``.
+    """
+    ratio = Fraction(int(new), int(orig))
+    if max(ratio.numerator, ratio.denominator) > MAX_RATIO_DENOMINATOR:
+        ratio = ratio.limit_denominator(MAX_RATIO_DENOMINATOR)
+    return ratio
+
+
+def pitch_resample_rates(sample_rate: int, semitones: float) -> tuple[int, int]:
+    """(orig, new) of the resampling by the pitch ratio that follows the time stretch of a shift."""
+    ratio = reduced_ratio(int(sample_rate / 2.0 ** (-float(semitones) / 12)), sample_rate)
+    return ratio.denominator, ratio.numerator
 
 
 @functools.lru_cache(maxsize=64)
@@ -50,9 +78,7 @@ def _resampler(orig: int, new: int) -> T.Resample:
 
 def _resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     """Resample ``(..., T)`` by ``new / orig``, reduced to a fraction the sinc kernel can hold."""
-    ratio = Fraction(int(new), int(orig))
-    if max(ratio.numerator, ratio.denominator) > _MAX_RATIO_TERM:
-        ratio = ratio.limit_denominator(_MAX_RATIO_TERM)
+    ratio = reduced_ratio(orig, new)
     if ratio == 1:
         return x
     return _resampler(ratio.denominator, ratio.numerator).to(x.device)(x)
@@ -77,7 +103,7 @@ def shift_torchaudio(x: torch.Tensor, sample_rate: int, semitones: float, cfg: D
     advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device)[..., None]
     stretched = torch.istft(AF.phase_vocoder(spec, rate, advance), n_fft, hop, n_fft, window,
                             length=int(round(length / rate)))
-    return _fit_length(_resample(stretched, int(sample_rate / rate), sample_rate), length)
+    return _fit_length(_resample(stretched, *pitch_resample_rates(sample_rate, semitones)), length)
 
 
 def shift_signalsmith(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
@@ -136,7 +162,7 @@ def _back(y: torch.Tensor, like, is_np: bool, was_1d: bool):
     return y.to(device=like.device, dtype=like.dtype)
 
 
-def _work_rate(sample_rate: int, cfg: DegradeConfig) -> int:
+def work_rate(sample_rate: int, cfg: DegradeConfig) -> int:
     """The oversampled rate for audio at ``sample_rate`` (96 kHz for 48 kHz by default)."""
     return int(round(sample_rate * cfg.oversample_rate / MODEL_RATE))
 
@@ -158,7 +184,7 @@ def apply_shift(x, sample_rate: int, shift: float, cfg: DegradeConfig, shifter: 
     length = t.shape[-1]
     if shift == 0 or length == 0:
         return _back(t.clone(), x, is_np, was_1d)
-    work = _work_rate(sample_rate, cfg)
+    work = work_rate(sample_rate, cfg)
     with torch.no_grad():
         y = fn(_resample(t, sample_rate, work), work, shift, cfg)
         y = _fit_length(_resample(y, work, sample_rate), length)
@@ -175,7 +201,7 @@ def round_trip(x, shift: int, cfg: DegradeConfig, shifter: str = "torchaudio"):
     length = t.shape[-1]
     if length == 0:
         return _back(t.clone(), x, is_np, was_1d)
-    work = _work_rate(MODEL_RATE, cfg)
+    work = work_rate(MODEL_RATE, cfg)
     with torch.no_grad():
         up = _resample(t, MODEL_RATE, work)  # (C, T) -> (C, T * work / 48000)
         y = fn(fn(up, work, shift, cfg), work, -shift, cfg)

@@ -38,9 +38,7 @@ import torchaudio.functional as AF
 from gan.audio import AudioError, find_audio_files
 from gan.checkpoint import CheckpointError, CheckpointManager
 from gan.config import Config, ConfigError, config_from_dict
-
-MODEL_RATE = 48000
-_MAX_RATIO_TERM = 1000  # larger reduced rate ratios would need a huge sinc kernel
+from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
 _READ_BLOCK = 1 << 16
 
 
@@ -214,7 +212,7 @@ def _resample_ratio(orig: int, new: int) -> tuple[int, int, int]:
     """(num, den, context) of the sinc resampler ``orig -> new`` (torchaudio's default kernel)."""
     g = math.gcd(orig, new)
     num, den = new // g, orig // g
-    if max(num, den) > _MAX_RATIO_TERM:
+    if sinc_kernel_size(orig, new) > MAX_KERNEL_SIZE:
         raise AudioError(f"sample rate {orig} Hz: no exact short ratio to {new} Hz; convert the file "
                          f"to a standard rate (44100, 48000, ...) first")
     # torchaudio: width = ceil(6 * den / (0.99 * min(num, den))) input samples each side, plus one period.

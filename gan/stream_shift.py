@@ -16,15 +16,13 @@ rounding (tested).
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Iterator
 
 import torch
 
 from gan.config import DegradeConfig
+from gan.degrade import pitch_resample_rates, work_rate
 from gan.inference import BlockReader, resample_blocks
-
-MODEL_RATE = 48000
 
 
 def fit_blocks(blocks: Iterator[torch.Tensor], channels: int, n: int) -> Iterator[torch.Tensor]:
@@ -127,11 +125,9 @@ def stream_shift(blocks: Iterator[torch.Tensor], channels: int, n: int, sample_r
     """
     if semitones == 0:
         return blocks
-    work = int(round(sample_rate * cfg.oversample_rate / MODEL_RATE))
+    work = work_rate(sample_rate, cfg)
     up, n_up = resample_blocks(blocks, channels, n, sample_rate, work)
     stretched, n_st = _stretch_blocks(up, channels, n_up, semitones, cfg, frames_per_block)
-    rate = 2.0 ** (-float(semitones) / 12)
-    ratio = Fraction(work, int(work / rate)).limit_denominator(1000)  # as gan.degrade._resample
-    back, _ = resample_blocks(stretched, channels, n_st, ratio.denominator, ratio.numerator)
+    back, _ = resample_blocks(stretched, channels, n_st, *pitch_resample_rates(work, semitones))
     down, _ = resample_blocks(fit_blocks(back, channels, n_up), channels, n_up, work, sample_rate)
     return fit_blocks(down, channels, n)

@@ -302,3 +302,27 @@ def test_main_shifter_prefers_the_most_used_then_torchaudio():
 
     assert main_shifter(DegradeConfig(shifters={"signalsmith": 1.0, "torchaudio": 1.0})) == "torchaudio"
     assert main_shifter(DegradeConfig(shifters={"signalsmith": 2.0, "torchaudio": 1.0})) == "signalsmith"
+
+
+@pytest.mark.parametrize("semitones", [-10, -3, 7])
+def test_streamed_shift_handles_shifts_whose_pitch_ratio_has_a_long_numerator(semitones):
+    """-10 and -3 reduce to ratios like 1723/967 (numerator > 1000); they stream like apply_shift."""
+    import gan.stream_shift as ss
+    from gan.degrade import apply_shift
+
+    cfg = DegradeConfig()
+    x = torch.randn(1, 48000 + 17) * 0.1
+    y = torch.cat(list(ss.stream_shift(tensor_blocks(x, 8000), 1, x.shape[-1], 48000, semitones, cfg)), dim=-1)
+    ref = apply_shift(x, 48000, semitones, cfg, "torchaudio")
+    assert y.shape == ref.shape
+    assert rel_db(y, ref) < -50  # the whole-signal shifter's own float32 phase noise (see above)
+
+
+def test_resampling_refuses_rates_that_need_a_huge_kernel():
+    from gan.degrade import MAX_KERNEL_SIZE, pitch_resample_rates, sinc_kernel_size
+
+    assert pitch_resample_rates(96000, -10) == (967, 1723)  # numerator > 1000: still a small kernel
+    assert sinc_kernel_size(967, 1723) == 1723 * (967 + 2 * 7) < MAX_KERNEL_SIZE
+    assert sinc_kernel_size(44100, 48000) == 160 * (147 + 2 * 7)
+    with pytest.raises(AudioError, match="sample rate 44101 Hz: no exact short ratio"):
+        resample_blocks(tensor_blocks(torch.zeros(1, 10)), 1, 10, 44101, 48000)
