@@ -18,6 +18,7 @@ complete, so a killed run never leaves a folder that looks like a cache.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,7 +37,7 @@ import soundfile as sf
 
 from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
 from gan.config import DataConfig, config_hash, to_dict
-from gan.degrade import MODEL_RATE, check_shifters, choose_shifter, round_trip
+from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 
 FORMAT = 1
 SPLITS = ("train", "val")
@@ -179,13 +181,18 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
 def _remove_dead_partials(path: Path) -> None:
     """Delete temp folders of killed builds on this host (their process is gone)."""
     host = socket.gethostname()
-    for p in [*path.parent.glob(f".{path.name}.partial-{host}-*"), *path.parent.glob(f".{path.name}.old-{host}-*")]:
-        try:
-            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
+    for kind in ("partial", "old"):
+        prefix = f".{path.name}.{kind}-{host}-"
+        for p in path.parent.glob(glob.escape(prefix) + "*"):
+            pid = p.name[len(prefix):]
+            if not pid.isdigit():  # another host whose name starts with ours ("box-2" for "box")
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+            except (PermissionError, OverflowError):
+                pass
 
 
 def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tuple], list[dict]]:
@@ -200,9 +207,7 @@ def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tu
             reason = f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
             frames, rate = 0, 0
         else:
-            reason = "empty" if frames <= 0 else (
-                f"too short ({frames / rate:.2f} s < data.min_file_seconds {cfg.min_file_seconds})"
-                if frames < cfg.min_file_seconds * rate else None)
+            reason = _plan_reason(frames, rate, cfg)
         if reason:
             skipped.append({"file": rel, "reason": reason})
             warn(f"warning: skipped {rel}: {reason}")
@@ -213,6 +218,18 @@ def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tu
             tasks.append((str(path), rel, k, int(bounds[k]), int(bounds[k + 1]), rate, split_of(rel, cfg.val_fraction)))
     _balance_splits(tasks, cfg.val_fraction)
     return tasks, skipped
+
+
+def _plan_reason(frames: int, rate: int, cfg: DataConfig) -> str | None:
+    """Why a file of ``frames`` samples at ``rate`` Hz cannot be used, or None."""
+    if frames <= 0:
+        return "empty"
+    if rate <= 0 or sinc_kernel_size(rate, MODEL_RATE) > MAX_KERNEL_SIZE:
+        return (f"unsupported sample rate ({rate} Hz: resampling to {MODEL_RATE} Hz needs a huge kernel; "
+                "convert it to a standard rate such as 44100 or 48000 Hz)")
+    if frames < cfg.min_file_seconds * rate:
+        return f"too short ({frames / rate:.2f} s < data.min_file_seconds {cfg.min_file_seconds})"
+    return None
 
 
 def _balance_splits(tasks: list[tuple], val_fraction: float) -> None:
@@ -229,9 +246,21 @@ def _balance_splits(tasks: list[tuple], val_fraction: float) -> None:
 
 
 def process_piece(task: tuple, cfg: DataConfig) -> dict:
-    """Worker: read one piece, mono 48 kHz, degrade by every shift -> int16 arrays or a skip reason."""
+    """Worker: read one piece, mono 48 kHz, degrade by every shift -> int16 arrays or a skip reason.
+
+    Any error in one file's work becomes a one-line skip reason, never an exception through the pool.
+    """
     path, rel, piece, start, stop, rate, split = task
     out = {"file": rel, "piece": piece, "split": split, "source_rate": rate, "seconds": (stop - start) / rate}
+    try:
+        return _process_piece(path, rel, piece, start, stop, rate, cfg, out)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return {**out, "skip": f"failed ({type(e).__name__}{': ' + msg if msg else ''})"}
+
+
+def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate: int, cfg: DataConfig,
+                   out: dict) -> dict:
     try:
         data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)  # (T, C)
     except Exception as e:
@@ -302,28 +331,27 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
     splits = {s: {"samples": 0, "items": []} for s in SPLITS}
     failed: dict[str, str] = {}
     try:
-        outs = {}
-        for split in SPLITS:
-            (tmp / split).mkdir(parents=True)
-            outs[split] = {s: open(tmp / split / array_name(s), "wb") for s in [None, *cfg.degrade.shifts]}
-        bar = tqdm(total=sum((t[4] - t[3]) / t[5] for t in tasks), disable=not progress, file=sys.stderr,
-                   desc=f"preprocess -> {path}", dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
-        for res in _map(tasks, cfg, workers):
-            bar.update(res["seconds"])
-            if "skip" in res:
-                failed.setdefault(res["file"], res["skip"])
-                continue
-            meta = splits[res["split"]]
-            outs[res["split"]][None].write(res.pop("clean").tobytes())
-            for s, a in res.pop("degraded").items():
-                outs[res["split"]][s].write(a.tobytes())
-            meta["items"].append({**res, "offset": meta["samples"]})
-            meta["samples"] += res["length"]
-        bar.close()
-        for split in outs.values():
-            for f in split.values():
-                f.close()
+        with ExitStack() as stack:  # output files and the bar are closed on any error too
+            outs = {}
+            for split in SPLITS:
+                (tmp / split).mkdir(parents=True)
+                outs[split] = {s: stack.enter_context(open(tmp / split / array_name(s), "wb"))
+                               for s in [None, *cfg.degrade.shifts]}
+            bar = stack.enter_context(tqdm(
+                total=sum((t[4] - t[3]) / t[5] for t in tasks), disable=not progress, file=sys.stderr,
+                desc=f"preprocess -> {path}", dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"))
+            for res in _map(tasks, cfg, workers):
+                bar.update(res["seconds"])
+                if "skip" in res:
+                    failed.setdefault(res["file"], res["skip"])
+                    continue
+                meta = splits[res["split"]]
+                outs[res["split"]][None].write(res.pop("clean").tobytes())
+                for s, a in res.pop("degraded").items():
+                    outs[res["split"]][s].write(a.tobytes())
+                meta["items"].append({**res, "offset": meta["samples"]})
+                meta["samples"] += res["length"]
         done = {it["file"] for m in splits.values() for it in m["items"]}
         for rel, reason in failed.items():
             if rel not in done:  # a file is skipped when none of its pieces is usable
@@ -361,8 +389,15 @@ def _replace(tmp: Path, path: Path) -> None:
     if path.exists():
         old = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
+        try:
+            os.replace(path, old)
+        except FileNotFoundError:  # another build moved it aside first
+            old = None
+    try:
+        os.replace(tmp, path)
+    except OSError as e:  # ENOTEMPTY/EEXIST: another build put its cache there in between
+        raise CacheError(f"cache {path}: another preprocess run wrote it at the same time ({e.strerror}); "
+                         "run one preprocess per cache_dir, then retry") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -182,3 +182,58 @@ def test_killed_preprocess_leaves_no_valid_cache_and_workers_match_in_process(tm
     assert m1["splits"] == m2["splits"]
     for f in sorted(p.relative_to(two) for p in two.rglob("*.i16")):
         assert (two / f).read_bytes() == (tmp_path / "cache_inproc" / f).read_bytes(), f
+
+
+def test_a_failing_file_is_skipped_with_a_one_line_reason(tmp_path, audio_dir, monkeypatch):
+    real = cache_mod.round_trip
+
+    def fails_on_mono(x, shift, cfg, shifter):
+        if x.shape[-1] < 40000:  # the 0.56 s mono file only
+            raise RuntimeError("stft failed\nsecond line")
+        return real(x, shift, cfg, shifter)
+
+    monkeypatch.setattr(cache_mod, "round_trip", fails_on_mono)
+    lines = []
+    manifest = cache_mod.build_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0,
+                                     warn=lines.append)
+    reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
+    assert reasons[f"sub/{MONO}"] == "failed (RuntimeError: stft failed)"
+    assert f"warning: skipped sub/{MONO}: failed (RuntimeError: stft failed)" in lines
+
+
+def test_a_sample_rate_without_a_short_ratio_to_48k_is_skipped(tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    sf.write(d / "odd.wav", np.full(44101, 0.1, np.float32), 44101)
+    sf.write(d / "ok.wav", np.full(44100, 0.1, np.float32), 44100)
+    lines = []
+    tasks, skipped = cache_mod._plan(make_cfg(tmp_path, d), sorted(d.iterdir()), d, lines.append)
+    assert [t[1] for t in tasks] == ["ok.wav"]
+    assert skipped == [{"file": "odd.wav", "reason": skipped[0]["reason"]}]
+    assert skipped[0]["reason"].startswith("unsupported sample rate (44101 Hz") and len(lines) == 1
+
+
+def test_only_this_hosts_dead_partials_are_removed(tmp_path):
+    host = cache_mod.socket.gethostname()
+    ours = tmp_path / f".cache.partial-{host}-{_dead_pid()}"
+    other_host = tmp_path / f".cache.partial-{host}-2-{_dead_pid()}"  # host "<ours>-2": not ours to judge
+    for p in (ours, other_host):
+        p.mkdir()
+    cache_mod._remove_dead_partials(tmp_path / "cache")
+    assert not ours.exists() and other_host.exists()
+
+
+def test_a_concurrent_build_landing_first_is_a_clear_error(tmp_path, monkeypatch):
+    tmp, path = tmp_path / ".cache.partial", tmp_path / "cache"
+    for p in (tmp, path):
+        (p / "train").mkdir(parents=True)
+    real = os.replace
+
+    def other_build_lands(src, dst):
+        real(src, dst)
+        if dst == path.parent / f".cache.old-{cache_mod.socket.gethostname()}-{os.getpid()}":
+            (path / "train").mkdir(parents=True)  # the other run's cache appears in between
+
+    monkeypatch.setattr(cache_mod.os, "replace", other_build_lands)
+    with pytest.raises(CacheError, match=r"cache .*cache: another preprocess run wrote it at the same time"):
+        cache_mod._replace(tmp, path)
