@@ -344,10 +344,17 @@ class Enhancer:
                 blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(_READ_BLOCK, dtype="float32",
                                                                           always_2d=True))
                 written = 0
-                for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update):
-                    y = y[:, : n - written].numpy()
-                    fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
-                    written += y.shape[-1]
+                try:
+                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update):
+                        y = y[:, : n - written].numpy()
+                        fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
+                        written += y.shape[-1]
+                except AudioError as e:
+                    msg = str(e)
+                    raise AudioError(msg if str(src) in msg else f"{src}: {msg}") from None
+                except (RuntimeError, ValueError) as e:  # a truncated or corrupt file, found mid-stream
+                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise AudioError(f"{src}: failed after {written} of {n} samples ({msg})") from None
             tmp.replace(dst)
         finally:
             bar.close()

@@ -47,12 +47,21 @@ def main(argv=None) -> int:
                             args.shifter)
         print(f"generator {loaded.cfg.generator.name} step {loaded.step}{' (EMA)' if loaded.ema else ''} "
               f"on {enhancer.device}", file=sys.stderr)
-        for src, dst in pairs:
-            enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet)
-            print(dst)
     except (AudioError, CheckpointError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    failed = 0
+    for src, dst in pairs:  # one bad file is reported and the others are still cleaned
+        try:
+            enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet)
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(dst)
+    if failed:
+        print(f"error: {failed} of {len(pairs)} files failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -326,3 +326,26 @@ def test_resampling_refuses_rates_that_need_a_huge_kernel():
     assert sinc_kernel_size(44100, 48000) == 160 * (147 + 2 * 7)
     with pytest.raises(AudioError, match="sample rate 44101 Hz: no exact short ratio"):
         resample_blocks(tensor_blocks(torch.zeros(1, 10)), 1, 10, 44101, 48000)
+
+
+def test_a_file_truncated_mid_stream_is_one_error_and_the_others_are_still_cleaned(tmp_path, registry, capsys):
+    write_checkpoint(tmp_path / "run", {"name": "toy"})
+    x = (np.random.default_rng(2).standard_normal((48000 * 2, 1)) * 0.1).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "bad.flac", x, 48000)
+    data = (tmp_path / "in" / "bad.flac").read_bytes()
+    (tmp_path / "in" / "bad.flac").write_bytes(data[: len(data) // 3])  # the header still says 2 s
+    sf.write(tmp_path / "in" / "good.wav", x, 48000)
+    enh = Enhancer(load_generator(tmp_path / "run"), chunk_seconds=0.25, device="cpu")
+    with pytest.raises(AudioError, match=r"bad.flac: failed after \d+ of 96000 samples"):
+        enh.enhance_file(tmp_path / "in" / "bad.flac", tmp_path / "o1" / "bad.flac", progress=False)
+    assert not (tmp_path / "o1" / "bad.flac").exists() and list((tmp_path / "o1").iterdir()) == []
+    sys.path.insert(0, str(ROOT / "launch"))
+    import enhance
+
+    capsys.readouterr()
+    assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--quiet", "-o", str(tmp_path / "out"),
+                         str(tmp_path / "in" / "bad.flac"), str(tmp_path / "in" / "good.wav")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sum("bad.flac: failed after" in line for line in err) == 1 and "1 of 2 files failed" in err[-1]
+    assert sf.info(str(tmp_path / "out" / "good.wav")).frames == 96000
