@@ -115,6 +115,8 @@ class Cache:
 
     def split(self, name: str) -> CacheSplit:
         if name not in self._splits:
+            if name not in self.manifest["splits"]:
+                raise CacheError(f"cache {self.path}: no split {name!r}; known: {', '.join(self.manifest['splits'])}")
             meta = self.manifest["splits"][name]
             n = meta["samples"]
             arrays = {s: self._array(name, s, n) for s in [None, *self.shifts]}

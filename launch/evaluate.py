@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="folder of clean recordings, or a preprocessing cache")
     p.add_argument("--degraded-dir", help="folder of the same file names degraded elsewhere (no on-the-fly round trip)")
     p.add_argument("--shift", type=int, nargs="+", help="shifts to evaluate (default: the training config's)")
-    p.add_argument("--split", default="val", help="cache split (default val)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="cache split (default val)")
     p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + installed visqol,pesq,stoi,dnsmos)")
     p.add_argument("--max-seconds", type=float, help="score only the first S seconds of each recording")
     p.add_argument("--chunk-seconds", type=float, default=5.0)

@@ -237,3 +237,9 @@ def test_a_concurrent_build_landing_first_is_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(cache_mod.os, "replace", other_build_lands)
     with pytest.raises(CacheError, match=r"cache .*cache: another preprocess run wrote it at the same time"):
         cache_mod._replace(tmp, path)
+
+
+def test_an_unknown_split_is_a_clear_error(tmp_path, audio_dir):
+    path = ensure_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0)
+    with pytest.raises(CacheError, match=r"no split 'test'; known: train, val"):
+        open_cache(path).split("test")
