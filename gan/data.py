@@ -29,6 +29,7 @@ from gan.config import DataConfig
 
 MAX_TRIES = 8  # silence redraws per crop before a quiet crop is accepted
 _VAL_TAG = 0x76616C  # "val": keeps validation draws apart from every training batch
+STOP_SECONDS = 2.0  # how long a loader worker gets to finish its batch and stop before it is terminated
 
 
 class CropSampler:
@@ -191,9 +192,13 @@ class TrainLoader:
             for q in tasks:
                 q.put(None)
             for p in procs:
-                p.join(timeout=2)
+                p.join(timeout=STOP_SECONDS)
                 if p.is_alive():
                     p.terminate()
+                    p.join(timeout=STOP_SECONDS)
+                if p.is_alive():
+                    p.kill()
+                    p.join()  # reaped: no zombie processes left behind
 
 
 def _copy_out(t: torch.Tensor, pin: bool) -> torch.Tensor:

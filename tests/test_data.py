@@ -165,3 +165,31 @@ def test_short_item_at_position_zero_stays_inside_its_item(cache, name):
     degraded = np.rint(crops["degraded"] * 32767).astype(int)
     np.testing.assert_array_equal(degraded, [np.where(expected != 0, expected - 12, 0),
                                              np.where(expected != 0, expected + 12, 0)])
+
+
+def _zombie_children() -> list[int]:
+    import os
+    from pathlib import Path
+    zombies = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(stat.parent.name))
+    return zombies
+
+
+def test_closing_the_loader_reaps_workers_stuck_in_a_batch(cache, monkeypatch):
+    import time
+    import gan.data as data_mod
+    monkeypatch.setattr(data_mod, "STOP_SECONDS", 0.2)
+    loader = make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=2), 0, 1)
+    real = TrainStream.batch
+    monkeypatch.setattr(TrainStream, "batch", lambda self, i, out=None: (i > 0 and time.sleep(60)) or real(self, i, out))
+    it = iter(loader)
+    next(it)  # batch 0; the workers now hang on later batches
+    before = set(_zombie_children())
+    it.close()
+    assert set(_zombie_children()) - before == set()
