@@ -83,10 +83,15 @@ class CheckpointManager:
     def commit(self, step: int) -> Path:
         """Rename the completed temporary directory into place, then move ``latest``."""
         tmp, final = self.tmp_dir(step), self.final_dir(step)
-        if final.exists():  # re-saving the same step (e.g. exit right after a periodic save)
-            shutil.rmtree(final)
+        old = None
+        if final.exists():  # a step saved before (a resumed run passing it again): swap, then delete
+            old = self.dir / f".old_{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _atomic_write_text(self.dir / LATEST, final.name + "\n")
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         self.prune()
         return final
 
@@ -116,7 +121,7 @@ class CheckpointManager:
             d = self.final_dir(s)
             if s not in keep and d != latest:
                 shutil.rmtree(d, ignore_errors=True)
-        for stale in self.dir.glob(".tmp_step_*"):
+        for stale in [*self.dir.glob(".tmp_step_*"), *self.dir.glob(".old_step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
 

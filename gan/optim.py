@@ -94,7 +94,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
         return torch.optim.AdamW([{"params": params, "name": "adamw"}], **adamw_kw)
     if cfg.name != "muon":
         raise ValueError(f"optimizer {cfg.name!r}: unknown; use muon or adamw")
-    muon, adamw = split_params(model)
+    # a model may declare a wider signal side (e.g. patching folds P samples into P channels)
+    muon, adamw = split_params(model, max(IO_CHANNELS, getattr(model, "io_channels", 1)))
     owners = _owners(model)
     transposed = [p for p in muon if isinstance(owners.get(id(p)), _CONV_T)]
     ids = {id(p) for p in transposed}

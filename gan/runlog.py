@@ -13,14 +13,15 @@ import torch
 
 
 class RunLogger:
-    def __init__(self, log_dir: str | Path, enabled: bool = True, sample_rate: int = 48000):
+    def __init__(self, log_dir: str | Path, enabled: bool = True, sample_rate: int = 48000,
+                 purge_step: int | None = None):
         self.enabled = enabled
         self.sample_rate = sample_rate
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
             self._mel = None
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:

@@ -90,27 +90,34 @@ class Trainer:
         self.sched_d = build_scheduler(opt_d, cfg.optim.discriminator.scheduler, t.max_steps - t.warmup_steps)
         self.ema = None
         if t.ema_decay > 0:
-            self.ema = AveragedModel(acc.unwrap_model(self.G), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay),
+            self.ema = AveragedModel(acc.unwrap_model(self.G, keep_torch_compile=False), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay),
                                      use_buffers=True)
 
         device = acc.device
         self.reconstruction = GeneratorReconstruction(cfg.loss, cfg.loss_weights, cfg.data.sample_rate).to(device)
-        self.adversarial = AdversarialLoss(self.D, kind=cfg.loss.gan, names=acc.unwrap_model(self.D).names)
+        self.adversarial = AdversarialLoss(self.D, kind=cfg.loss.gan, names=acc.unwrap_model(self.D, keep_torch_compile=False).names)
         self.val_mel = MultiScaleMelLoss(cfg.loss.mel, cfg.data.sample_rate).to(device)
 
         self.step = 0
         self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
         self.skipped_total = {"g": 0, "d": 0}
         self.ckpt = CheckpointManager(self.run_dir, t.keep_last, t.keep_every)
-        self.log = RunLogger(self.run_dir / "tb", enabled=self.is_main, sample_rate=cfg.data.sample_rate)
         self._stop_requested = False
         self._logged_references = False
         self.timers: dict[str, float] = {}
+        if resume is not None:
+            self.load(resume)
+        elif self.ckpt.steps():
+            raise CheckpointError(
+                f"run directory {self.run_dir} already holds checkpoints; continue it with --resume auto "
+                "or start a new --run-dir"
+            )
+        # on resume, TensorBoard drops what the interrupted run logged after its checkpoint
+        self.log = RunLogger(self.run_dir / "tb", enabled=self.is_main, sample_rate=cfg.data.sample_rate,
+                             purge_step=self.step if resume is not None else None)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        if resume is not None:
-            self.load(resume)
 
     # ----------------------------------------------------------------- state
 
@@ -157,30 +164,37 @@ class Trainer:
         path = Path(path)
         try:
             state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as e:
-            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({e}); pick an older one") from None
+        except Exception as e:  # truncated, foreign or corrupt files all end here
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({_first_line(e)}); "
+                                  "pick an older one") from None
+        if not isinstance(state, dict) or not {"step", "model_config", "optimizers"} <= state.keys():
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt is not an unshift trainer state")
         self._check_compatible(state, path)
         ds.check_resume(path, self.engines is not None, self.accelerator.num_processes)
-        self.accelerator.load_state(str(path))
-        self.load_state_dict(state)
+        try:
+            self.accelerator.load_state(str(path))
+            self.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: cannot be loaded ({_first_line(e)}); pick an older one") from None
         if self.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
     def generator_for_inference(self) -> torch.nn.Module:
         """The EMA generator when EMA is on, else the trained one (unwrapped)."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.G)
+        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.G, keep_torch_compile=False)
 
     def save(self) -> Path | None:
         """Write a complete checkpoint of the current step (every rank must call this)."""
         acc = self.accelerator
         gen = self.generator_for_inference()
         finite = all(torch.isfinite(p).all() for p in gen.parameters())
-        finite &= all(torch.isfinite(p).all() for p in acc.unwrap_model(self.D).parameters())
+        finite &= all(torch.isfinite(p).all() for p in acc.unwrap_model(self.D, keep_torch_compile=False).parameters())
         if not finite:
             raise NonFiniteError(f"step {self.step}: weights are not finite; refusing to write a checkpoint")
         tmp = self.ckpt.begin(self.step) if self.is_main else self.ckpt.tmp_dir(self.step)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank's files (RNG states, shards) are in before the commit
         final = None
         if self.is_main:
             torch.save(self.state_dict(), tmp / "trainer_state.pt")
@@ -208,10 +222,12 @@ class Trainer:
         if self.engines is not None:  # the engine clips, steps unless its grad norm is non-finite, zeroes grads
             norm = self.engines.step(model)
             stepped = math.isfinite(norm)
-            finite = stepped and math.isfinite(float(loss))
+            (finite,) = self._agree_all(stepped and math.isfinite(float(loss)))
         else:
             norm = float(self.accelerator.clip_grad_norm_(model.parameters(), clip if clip is not None else math.inf))
-            finite = stepped = math.isfinite(norm) and math.isfinite(float(loss))
+            # the loss is this rank's own: agree, so every rank steps (and runs Muon's collectives) or none does
+            (finite,) = self._agree_all(math.isfinite(norm) and math.isfinite(float(loss)))
+            stepped = finite
             if stepped:
                 opt.step()
             opt.zero_grad(set_to_none=True)
@@ -270,6 +286,7 @@ class Trainer:
                 logs["train/d/total"] = logs.get("train/d/total", 0.0) + float(d_loss.detach()) / k
             t0 = self._timed("d_fwd_bwd", t0)
             logs["train/grad_norm/d"], _ = self._optimizer_step("d", torch.tensor(logs["train/d/total"]))
+            logs["train/lr/d"] = self.opt_d.param_groups[0]["lr"]
             self.sched_d.step()
             t0 = self._timed("optimizer", t0)
 
@@ -290,12 +307,11 @@ class Trainer:
         logs["train/g/total"] = g_total
         t0 = self._timed("g_fwd_bwd", t0)
         logs["train/grad_norm/g"], _ = self._optimizer_step("g", torch.tensor(g_total))
+        logs["train/lr/g"] = self.opt_g.param_groups[0]["lr"]
         self.sched_g.step()
         if self.ema is not None:
-            self.ema.update_parameters(acc.unwrap_model(self.G))
+            self.ema.update_parameters(acc.unwrap_model(self.G, keep_torch_compile=False))
         self._timed("optimizer", t0)
-        logs["train/lr/g"] = self.opt_g.param_groups[0]["lr"]
-        logs["train/lr/d"] = self.opt_d.param_groups[0]["lr"]
         logs["train/stage"] = float(adversarial)
         logs["train/skipped/g"] = self.skipped_total["g"]
         logs["train/skipped/d"] = self.skipped_total["d"]
@@ -306,7 +322,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mel distance and SI-SDR improvement on the fixed validation crops (main process)."""
-        if not self.is_main:
+        if not self.is_main or len(self._val_set["degraded"]) == 0:
             return {}
         g = self.generator_for_inference()
         was_training = g.training
@@ -344,6 +360,10 @@ class Trainer:
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
+
+    def _agree_all(self, *flags: bool) -> list[bool]:
+        """Agree across ranks (one all-reduce): each flag is true only when every rank says so."""
+        return [not f for f in self._agree(*(not f for f in flags))]
 
     def _agree(self, *flags: bool) -> list[bool]:
         """Agree across ranks (one all-reduce): each flag is true when any rank says so."""
@@ -417,6 +437,10 @@ class Trainer:
     def close(self) -> None:
         self.log.close()
         self.accelerator.end_training()
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -67,6 +67,7 @@ class DacUNet(Generator):
     def __init__(self, cfg: DacUNetConfig):
         super().__init__()
         self.cfg = cfg
+        self.io_channels = cfg.patch_size  # signal-side width of stem and head (AdamW, not Muon)
         widths, dil, k, p = cfg.widths, cfg.dilations * cfg.depth, cfg.kernel_size, cfg.patch_size
         self.stem = WNConv1d(p, widths[0], kernel_size=7, padding=3)
         self.downs = nn.ModuleList(

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
     args = p.parse_args(argv)
 
-    from gan.trainer import run_from_args
+    from gan.trainer import NonFiniteError, run_from_args
 
     try:
         trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume)
@@ -38,6 +38,9 @@ def main(argv=None) -> int:
         return 2
     try:
         trainer.train()
+    except (NonFiniteError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     return 0

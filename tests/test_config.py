@@ -96,6 +96,9 @@ def test_overrides_go_through_validation_and_apply(fake_registry):
                                     "discriminators.0.periods=[5]", "data.degrade.shifters={torchaudio: 1, stretch: 2}"])
     assert cfg.trainer.max_steps == 11 and cfg.data.degrade.shifts == [3]
     assert cfg.optim.generator.lr == 0.5 and cfg.discriminators[0].periods == [5]
+    assert config_from_dict(base(), ["optim.generator.lr=1e-4"]).optim.generator.lr == 1e-4
+    with pytest.raises(ConfigError, match="optim.generator.lr: expected a number"):
+        config_from_dict(base(), ["optim.generator.lr=fast"])
     assert cfg.data.degrade.shifters == {"torchaudio": 1.0, "stretch": 2.0}
     assert isinstance(cfg.optim.generator.betas, tuple)
 

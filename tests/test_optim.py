@@ -245,3 +245,16 @@ def test_scheduler_errors():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="total_steps"):
         build_scheduler(opt, SchedulerConfig(), 0)
+
+
+def test_patching_wider_than_two_keeps_stem_and_head_on_adamw():
+    from generators import build_generator
+    from generators.dac_unet import DacUNetConfig
+
+    g = build_generator(DacUNetConfig(channels=8, max_channels=16, strides=[2, 2], patch_size=4))
+    opt = build_optimizer(g, OptimizerConfig(name="muon"))
+    adamw = {id(p) for group in opt.param_groups if not group["use_muon"] for p in group["params"]}
+    for module in (g.stem, g.head[1]):
+        assert all(id(p) in adamw for p in module.parameters())
+    muon = {id(p) for group in opt.param_groups if group["use_muon"] for p in group["params"]}
+    assert muon, "hidden matrices still go to Muon"

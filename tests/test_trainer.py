@@ -244,3 +244,28 @@ def test_bench_train_prints_one_json_object(tiny_data, tmp_path):
     for stage in ("warmup", "adversarial"):
         assert result["steps_per_s"][stage] > 0 and result["samples_per_s"][stage] > 0
     assert {"g_fwd_bwd", "d_fwd_bwd", "optimizer", "data"} <= set(result["adversarial"]["time_split_s_per_step"])
+
+
+def test_fresh_start_in_a_run_dir_with_checkpoints_is_refused(tiny_data, tmp_path):
+    tr = make_trainer(tiny_data, tmp_path / "run")
+    tr.save()
+    tr.close()
+    with pytest.raises(CheckpointError, match="already holds checkpoints; continue it with --resume auto"):
+        make_trainer(tiny_data, tmp_path / "run")
+
+
+def test_validation_without_val_data_is_skipped(tiny_data, tmp_path):
+    tr = make_trainer(tiny_data, tmp_path / "run")
+    tr._val_set = {"clean": torch.zeros(0, 1, 10), "degraded": torch.zeros(0, 1, 10), "shift": torch.zeros(0)}
+    assert tr.validate() == {}
+    tr.close()
+
+
+def test_logged_lr_is_the_one_the_step_used(tiny_data, tmp_path):
+    from gan.data import make_train_loader
+
+    tr = make_trainer(tiny_data, tmp_path / "run", overrides=["optim.generator.scheduler.warmup_steps=4"])
+    batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
+    logs = tr.train_step([batch])
+    assert logs["train/lr/g"] == pytest.approx(tr.cfg.optim.generator.lr * 1 / 4)  # step 0 of a 4-step warmup
+    tr.close()
