@@ -225,7 +225,7 @@ def _receive(done, ready: dict, procs) -> None:
 def _worker_loop(stream: TrainStream, slots: dict[str, torch.Tensor], tasks, done, parent: int) -> None:
     """Build the batches named on ``tasks`` into ``slots`` until told to stop (None) or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the trainer's handler, inherited by fork
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group-wide SIGTERM (preemption): the trainer finishes its step first
     torch.set_num_threads(1)
     while True:
         try:

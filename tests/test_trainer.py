@@ -190,16 +190,19 @@ def _write_config(tiny_data, path: Path, **trainer) -> Path:
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=100000, warmup_steps=2, save_every=100000,
-                        val_every=100000, log_every=1)
+    d = tiny_dict(*tiny_data, max_steps=100000, warmup_steps=2, save_every=100000, val_every=100000, log_every=1)
+    d["data"]["num_workers"] = 2  # the loader's workers get the signal too
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
     run = tmp_path / "run"
     cmd = [PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list((run / "tb").glob("events*")):
         time.sleep(0.5)
     time.sleep(3)  # some steps
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler preempts: the whole process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "stopped by signal" in out
