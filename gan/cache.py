@@ -36,7 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
-from gan.config import DataConfig, config_hash, to_dict
+from gan.config import DataConfig, DegradeConfig, config_hash, to_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 
 FORMAT = 1
@@ -197,6 +197,28 @@ def _remove_dead_partials(path: Path) -> None:
                 pass
 
 
+def piece_bounds(frames: int, rate: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` source frames of the pieces (each <= ``PIECE_SECONDS``) a file is cut into."""
+    n = max(1, math.ceil(frames / (PIECE_SECONDS * rate)))
+    bounds = np.linspace(0, frames, n + 1).round().astype(int)
+    return [(int(bounds[k]), int(bounds[k + 1])) for k in range(n)]
+
+
+def mono_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
+    """``(C, T)`` at ``rate`` Hz -> ``(T',)`` float32 mono at 48 kHz, as every piece is stored."""
+    return np.asarray(resample(to_mono(np.ascontiguousarray(audio)), rate, MODEL_RATE), dtype=np.float32)
+
+
+def degrade_piece(clean: np.ndarray, rel: str, piece: int, cfg: DegradeConfig,
+                  shifts: list[int]) -> tuple[dict[int, str], dict[int, np.ndarray]]:
+    """Piece ``piece`` of file ``rel``, ``(T,)`` at 48 kHz -> (its shifter per shift, its round trip ``(T,)`` per shift).
+
+    The shifter is drawn per piece, keyed ``"<rel>#<piece>"``.
+    """
+    shifters = {s: choose_shifter(cfg, f"{rel}#{piece}", s) for s in shifts}
+    return shifters, {s: round_trip(clean, s, cfg, shifters[s]) for s in shifts}
+
+
 def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tuple], list[dict]]:
     """Per file: check it, choose its split, cut it into pieces -> (tasks, skipped)."""
     tasks, skipped = [], []
@@ -214,10 +236,8 @@ def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tu
             skipped.append({"file": rel, "reason": reason})
             warn(f"warning: skipped {rel}: {reason}")
             continue
-        n_pieces = max(1, math.ceil(frames / (PIECE_SECONDS * rate)))
-        bounds = np.linspace(0, frames, n_pieces + 1).round().astype(int)
-        for k in range(n_pieces):
-            tasks.append((str(path), rel, k, int(bounds[k]), int(bounds[k + 1]), rate, split_of(rel, cfg.val_fraction)))
+        for k, (start, stop) in enumerate(piece_bounds(frames, rate)):
+            tasks.append((str(path), rel, k, start, stop, rate, split_of(rel, cfg.val_fraction)))
     _balance_splits(tasks, cfg.val_fraction)
     return tasks, skipped
 
@@ -276,12 +296,10 @@ def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate:
         return {**out, "skip": "empty"}
     if not np.isfinite(data).all():
         return {**out, "skip": "unreadable (non-finite samples)"}
-    clean = np.asarray(resample(to_mono(np.ascontiguousarray(data.T)), rate, MODEL_RATE), dtype=np.float32)
+    clean = mono_model_rate(data.T, rate)
     if np.abs(clean).max() < 10.0 ** (cfg.silence_db / 20):
         return {**out, "skip": f"silent (peak below data.silence_db {cfg.silence_db} dB)"}
-    key = f"{rel}#{piece}"
-    shifters = {s: choose_shifter(cfg.degrade, key, s) for s in cfg.degrade.shifts}
-    degraded = {s: round_trip(clean, s, cfg.degrade, shifters[s]) for s in cfg.degrade.shifts}
+    shifters, degraded = degrade_piece(clean, rel, piece, cfg.degrade, cfg.degrade.shifts)
     peak = max(float(np.abs(a).max()) for a in [clean, *degraded.values()])
     gain = min(1.0, MAX_PEAK / peak)
 

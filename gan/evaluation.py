@@ -3,7 +3,8 @@
 Examples come from one of three sources (all mono 48 kHz):
 
 - a folder of clean recordings, degraded on the fly by the round trip of the
-  checkpoint's training config (its shifter choice per file and shift, as the cache does);
+  checkpoint's training config, in the cache's pieces with the cache's shifter choice per
+  piece and shift (so a file scores as its cache items would);
 - a folder of clean recordings plus ``degraded_dir`` holding the same file names
   degraded elsewhere;
 - a preprocessing cache (a folder with ``manifest.json``): its ``split`` (default ``val``).
@@ -26,7 +27,8 @@ from typing import Iterator
 
 import numpy as np
 
-from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
+from gan.audio import AudioError, find_audio_files, read_audio
+from gan.cache import degrade_piece, mono_model_rate, piece_bounds
 from gan.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, paired_test, summarize
 
 RATE = 48000
@@ -42,22 +44,34 @@ class Example:
 
 
 def _mono48(path: Path, max_seconds: float | None) -> np.ndarray:
-    audio, sr = read_audio(path)
-    x = np.asarray(resample(to_mono(audio), sr, RATE), dtype=np.float32)
+    x = mono_model_rate(*read_audio(path))
     return x[: int(max_seconds * RATE)] if max_seconds else x
 
 
 def folder_examples(data_dir: str | Path, degrade_cfg, shifts: list[int],
                     max_seconds: float | None = None) -> Iterator[Example]:
-    from gan.degrade import choose_shifter, round_trip
+    """Each file cut into the cache's pieces, each piece resampled and degraded as the cache does it.
 
+    A file's clean and degraded audio are its pieces back to back, so they equal the cache's
+    items for it (before the cache's per-piece gain and int16 rounding), and the round trip's
+    memory is bounded by one piece whatever the file's length.
+    """
     root = Path(data_dir)
+    limit = int(max_seconds * RATE) if max_seconds else None
     for path in find_audio_files(root):
         rel = path.relative_to(root).as_posix()
-        clean = _mono48(path, max_seconds)
+        audio, sr = read_audio(path)  # (C, T) at the file's rate
+        pieces, n = [], 0
+        for start, stop in piece_bounds(audio.shape[1], sr):
+            if limit is not None and n >= limit:
+                break
+            pieces.append(mono_model_rate(audio[:, start:stop], sr))
+            n += len(pieces[-1])
+        del audio
+        clean = np.concatenate(pieces)[:limit]
         for s in shifts:
-            shifter = choose_shifter(degrade_cfg, f"{rel}#0", s)  # the cache's key for a file's first piece
-            yield Example(rel, f"{s:+d}", clean, np.asarray(round_trip(clean, s, degrade_cfg, shifter)))
+            degraded = np.concatenate([degrade_piece(x, rel, k, degrade_cfg, [s])[1][s] for k, x in enumerate(pieces)])
+            yield Example(rel, f"{s:+d}", clean, degraded[:limit])
 
 
 def pair_examples(data_dir: str | Path, degraded_dir: str | Path,

@@ -152,6 +152,30 @@ def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
         evaluate([tmp_path / "a"], tmp_path / "cache", shifts=[5], metrics=["lsd"], progress=False)
 
 
+def test_folder_examples_degrade_in_the_caches_pieces_with_its_keys(tmp_path, monkeypatch):
+    """A file longer than a piece scores as its cache items: same pieces, same shifter per piece, same samples."""
+    import gan.cache as cache_mod
+    from gan.config import DataConfig, DegradeConfig
+    from gan.evaluation import folder_examples
+
+    monkeypatch.setattr(cache_mod, "PIECE_SECONDS", 0.25)
+    deg = DegradeConfig(shifts=[12], shifters={"torchaudio": 1.0, "signalsmith": 1.0}, seed=3)
+    cfg = DataConfig(audio_dir=str(make_folder(tmp_path / "clean", seconds=0.7, files=1)),
+                     cache_dir=str(tmp_path / "cache"), val_fraction=0.0, degrade=deg)
+    items = cache_mod.build_cache(cfg, progress=False, num_workers=0)["splits"]["train"]["items"]
+    assert [it["piece"] for it in items] == [0, 1, 2]
+    assert {it["shifters"]["12"] for it in items} == {"torchaudio", "signalsmith"}  # the key matters
+    part = cache_mod.open_cache(tmp_path / "cache").split("train")
+    (ex,) = folder_examples(tmp_path / "clean", deg, [12])
+    assert (ex.file, ex.shift, len(ex.clean), len(ex.degraded)) == ("f0.wav", "+12", part.lengths.sum(), len(ex.clean))
+    for it, off, n in zip(items, part.offsets, part.lengths):  # the cache stores round(x * gain * 32767)
+        for ours, theirs in ((ex.clean, part.clean), (ex.degraded, part.degraded[12])):
+            expect = np.round(ours[off: off + n] * (it["gain"] * cache_mod.SCALE))
+            assert np.array_equal(expect, theirs[off: off + n])
+    (cut,) = folder_examples(tmp_path / "clean", deg, [12], max_seconds=0.3)  # a piece is degraded whole, then cut
+    assert len(cut.clean) == 14400 and np.array_equal(cut.degraded, ex.degraded[:14400])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(extra_available("visqol") or extra_available("dnsmos"), reason="visqol / speechmos not installed")
 def test_visqol_and_dnsmos_rank_clean_above_noisy():
