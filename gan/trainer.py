@@ -312,6 +312,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(acc.unwrap_model(self.G, keep_torch_compile=False))
         self._timed("optimizer", t0)
+        logs.setdefault("train/lr/d", self.opt_d.param_groups[0]["lr"])  # warmup: D's schedule has not moved
         logs["train/stage"] = float(adversarial)
         logs["train/skipped/g"] = self.skipped_total["g"]
         logs["train/skipped/d"] = self.skipped_total["d"]
