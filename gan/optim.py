@@ -149,11 +149,14 @@ def lr_factor(cfg: SchedulerConfig, step: int, total_steps: int) -> float:
 class StepSchedule(LRScheduler):
     """``lr = initial_lr * lr_factor(cfg, step, total_steps)`` for every param group.
 
-    The state dict holds only the position (``last_epoch``) and the initial lrs,
-    so a resumed run follows the schedule of the config it was resumed with.
+    Loading a state dict restores only the position (``last_epoch``): the initial
+    lrs and the schedule come from the config the run was resumed with, and the
+    param groups are set to that schedule at once, so a changed lr applies from the
+    first resumed step.
     """
 
     _CONFIG_KEYS = ("cfg", "total_steps")
+    _FROM_CONFIG = ("base_lrs", "_last_lr")
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int, last_epoch: int = -1):
         self.cfg = cfg
@@ -169,7 +172,11 @@ class StepSchedule(LRScheduler):
         return {k: v for k, v in super().state_dict().items() if k not in self._CONFIG_KEYS}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in self._CONFIG_KEYS})
+        skip = self._CONFIG_KEYS + self._FROM_CONFIG
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in skip})
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int) -> StepSchedule:

@@ -241,6 +241,25 @@ def test_scheduler_resume_continues_the_schedule():
     assert "cfg" not in sched.state_dict() and sched.state_dict()["last_epoch"] == 12
 
 
+def test_resume_with_a_changed_lr_follows_the_new_config_from_the_first_step():
+    cfg = SchedulerConfig(name="exponential", gamma=0.5)
+    w = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([w], lr=1e-3)
+    sched = build_scheduler(opt, cfg, 10)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    state = {"opt": opt.state_dict(), "sched": sched.state_dict()}
+    opt = torch.optim.AdamW([w], lr=4e-3)  # the resumed run's config quadruples the lr
+    sched = build_scheduler(opt, cfg, 10)
+    opt.load_state_dict(state["opt"])  # carries the old lr
+    sched.load_state_dict(state["sched"])
+    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3 * 0.5**2)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3 * 0.5**3)
+
+
 def test_scheduler_errors():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="total_steps"):
