@@ -12,6 +12,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from .errors import first_line
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".w64", ".caf"}
 
 
@@ -24,7 +26,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
     except Exception as e:  # soundfile raises several types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise AudioError(f"{path}: cannot read audio ({msg})") from None
     return np.ascontiguousarray(data.T), int(sr)
 

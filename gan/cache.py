@@ -38,6 +38,7 @@ import soundfile as sf
 from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
 from gan.config import DataConfig, DegradeConfig, config_hash, to_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
+from gan.errors import first_line
 
 FORMAT = 1
 SPLITS = ("train", "val")
@@ -228,7 +229,7 @@ def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tu
             info = sf.info(str(path))
             frames, rate = int(info.frames), int(info.samplerate)
         except Exception as e:  # soundfile raises several types for bad files
-            reason = f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            reason = f"unreadable ({first_line(e)})"
             frames, rate = 0, 0
         else:
             reason = _plan_reason(frames, rate, cfg)
@@ -290,7 +291,7 @@ def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate:
             audio, _ = read_audio(path)
             data = audio[:, start:stop].T
         except AudioError:
-            return {**out, "skip": f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"}
+            return {**out, "skip": f"unreadable ({first_line(e)})"}
     out["source_channels"] = int(data.shape[1])
     if data.shape[0] == 0:
         return {**out, "skip": "empty"}

@@ -39,6 +39,7 @@ from gan.audio import AudioError, find_audio_files
 from gan.checkpoint import CheckpointError, CheckpointManager
 from gan.config import Config, ConfigError, config_from_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
+from gan.errors import first_line
 _READ_BLOCK = 1 << 16
 
 
@@ -94,7 +95,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         blob = torch.load(weights, map_location="cpu", weights_only=True)
         state = blob["state_dict"]
     except Exception as e:  # torch raises many types for truncated or foreign files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise CheckpointError(f"checkpoint {weights}: unreadable ({msg}); pick another checkpoint") from None
     model = build_generator(cfg.generator)
     try:
@@ -353,7 +354,7 @@ class Enhancer:
                     msg = str(e)
                     raise AudioError(msg if str(src) in msg else f"{src}: {msg}") from None
                 except (RuntimeError, ValueError) as e:  # a truncated or corrupt file, found mid-stream
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    msg = first_line(e)
                     raise AudioError(f"{src}: failed after {written} of {n} samples ({msg})") from None
             tmp.replace(dst)
         finally:

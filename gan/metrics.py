@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import first_line
+
 CORE = ("lsd", "mel", "mrstft", "si_sdr")
 EXTRA = ("visqol", "pesq", "stoi", "dnsmos")
 HIGHER_IS_BETTER = {"lsd": False, "mel": False, "mrstft": False, "si_sdr": True,
@@ -137,7 +139,7 @@ class MetricSuite:
                     warnings.simplefilter("ignore")
                     out[name] = self._fn(name)(ref, est)
             except Exception as e:  # e.g. PESQ on silence ("no utterances detected")
-                print(f"note: metric {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; NaN",
+                print(f"note: metric {name}: {first_line(e)}; NaN",
                       file=sys.stderr)
                 out[name] = math.nan
         return out
