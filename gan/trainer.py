@@ -31,9 +31,10 @@ from generators import build_generator
 from . import ds
 from .adversarial import AdversarialLoss
 from .cache import ensure_cache
-from .checkpoint import CheckpointError, CheckpointManager, code_version, step_dir_name
+from .checkpoint import CheckpointError, CheckpointManager, code_version
 from .config import Config, dump_config, load_config, to_dict
 from .data import load_val_set, make_train_loader
+from .errors import first_line
 from .losses import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLogger
@@ -72,10 +73,10 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
 
         # data: the main process builds the cache, the others wait for it
-        if self.is_main:
-            self.cache_dir = ensure_cache(cfg.data, progress=self.progress)
+        self.cache_dir = ensure_cache(cfg.data, progress=self.progress) if self.is_main else None
         acc.wait_for_everyone()
-        self.cache_dir = ensure_cache(cfg.data, progress=False) if not self.is_main else self.cache_dir
+        if self.cache_dir is None:
+            self.cache_dir = ensure_cache(cfg.data, progress=False)  # finds the main process's fresh cache
 
         g = build_generator(cfg.generator)
         d = build_discriminator(cfg.discriminators)
@@ -165,7 +166,7 @@ class Trainer:
         try:
             state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         except Exception as e:  # truncated, foreign or corrupt files all end here
-            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({_first_line(e)}); "
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({first_line(e)}); "
                                   "pick an older one") from None
         if not isinstance(state, dict) or not {"step", "model_config", "optimizers"} <= state.keys():
             raise CheckpointError(f"checkpoint {path}: trainer_state.pt is not an unshift trainer state")
@@ -175,7 +176,7 @@ class Trainer:
             self.accelerator.load_state(str(path))
             self.load_state_dict(state)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path}: cannot be loaded ({_first_line(e)}); pick an older one") from None
+            raise CheckpointError(f"checkpoint {path}: cannot be loaded ({first_line(e)}); pick an older one") from None
         if self.is_main:
             print(f"resumed from {path} at step {self.step}", flush=True)
 
@@ -214,6 +215,20 @@ class Trainer:
         now = time.perf_counter()
         self.timers[name] = self.timers.get(name, 0.0) + now - t0
         return now
+
+    @property
+    def samples_per_step(self) -> int:
+        """Training examples in one optimisation step, over all processes."""
+        return self.cfg.data.batch_size * self.cfg.trainer.grad_accum * self.accelerator.num_processes
+
+    def next_micro_batches(self, batches) -> list[dict]:
+        """The ``grad_accum`` micro-batches of one step, on the device (time counted as ``data``)."""
+        t0 = time.perf_counter()
+        dev = self.accelerator.device
+        micro = [{k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
+                 for _ in range(self.cfg.trainer.grad_accum)]
+        self._timed("data", t0)
+        return micro
 
     def _optimizer_step(self, net: str, loss: torch.Tensor) -> tuple[float, bool]:
         """Clip, check finiteness and step one network. Returns (grad norm, stepped)."""
@@ -382,7 +397,6 @@ class Trainer:
         loader = make_train_loader(self.cache_dir, cfg.data, acc.process_index, acc.num_processes,
                                    start_index=self.step * t.grad_accum)
         batches = iter(loader)
-        dev = acc.device
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -391,12 +405,8 @@ class Trainer:
         try:
             while self.step < t.max_steps:
                 t0 = time.perf_counter()
-                micro = []
-                for _ in range(t.grad_accum):
-                    b = next(batches)
-                    micro.append({k: v.to(dev, non_blocking=True) for k, v in b.items()})
+                micro = self.next_micro_batches(batches)
                 window["data"] += time.perf_counter() - t0
-                self._timed("data", t0)
                 logs = self.train_step(micro)
                 self.step += 1
                 window["steps"] += 1
@@ -429,19 +439,14 @@ class Trainer:
     def _log_throughput(self, logs: dict, window: dict) -> None:
         elapsed = max(time.perf_counter() - window["start"], 1e-9)
         steps = max(window["steps"], 1)
-        b = self.cfg.data.batch_size * self.cfg.trainer.grad_accum * self.accelerator.num_processes
         logs["perf/steps_per_s"] = steps / elapsed
-        logs["perf/samples_per_s"] = steps * b / elapsed
+        logs["perf/samples_per_s"] = steps * self.samples_per_step / elapsed
         logs["perf/data_wait_fraction"] = window["data"] / elapsed
         logs["perf/peak_memory_mb"] = peak_memory_mb(self.accelerator.device)
 
     def close(self) -> None:
         self.log.close()
         self.accelerator.end_training()
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -461,4 +466,4 @@ def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume
     return Trainer(cfg, run_dir, resume=resolve_resume(run_dir, resume))
 
 
-__all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args", "step_dir_name"]
+__all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args"]

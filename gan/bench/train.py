@@ -36,18 +36,14 @@ def run(args) -> dict:
                 if i == args.untimed:
                     tr.timers.clear()
                     start = time.perf_counter()
-                t0 = time.perf_counter()
-                micro = [{k: v.to(dev) for k, v in next(batches).items()} for _ in range(cfg.trainer.grad_accum)]
-                tr._timed("data", t0)
-                tr.train_step(micro, stage=stage)
+                tr.train_step(tr.next_micro_batches(batches), stage=stage)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
             steps_per_s = args.steps / elapsed
-            samples = cfg.data.batch_size * cfg.trainer.grad_accum * acc.num_processes
             out[stage] = {
                 "steps_per_s": steps_per_s,
-                "samples_per_s": steps_per_s * samples,
+                "samples_per_s": steps_per_s * tr.samples_per_step,
                 "time_split_s_per_step": {k: v / args.steps for k, v in sorted(tr.timers.items())},
             }
         out["peak_memory_mb"] = peak_memory_mb(dev)
