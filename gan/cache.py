@@ -2,16 +2,21 @@
 
 Layout of ``data.cache_dir``::
 
-    manifest.json            settings + their hash, files, offsets, lengths, skipped files
+    manifest.json            settings + their hash, files, offsets, lengths, skipped files,
+                             and per piece the shift and shifter of each variant
     train/clean.i16          all train pieces back to back, 48 kHz mono int16 (x 1/32767)
-    train/shift_+10.i16 ...  the same samples after the round trip by each shift
+    train/variant_0.i16 ...  the same samples after a round trip: variant k of a piece is its
+                             round trip by its k-th shift (``data.degrade.variants`` per piece,
+                             drawn from ``data.degrade.shifts``; or every shift, in order)
     val/...                  the same for the validation split
 
 Files of any rate and channel count are mixed to mono and resampled to 48 kHz; files
 longer than ``PIECE_SECONDS`` are cut into pieces (each piece is an item; crops never
 cross items). Every piece is scaled by one gain (<= 1, shared by clean and degraded)
 so that no stored sample clips. The train/val split is a hash of the file's relative
-path: adding files never moves others between splits.
+path: adding files never moves others between splits. A share ``data.bandlimit_fraction``
+of the training pieces is band-limited before the round trip (``bandlimit``), clean
+target included, so the model sees audio whose top band is empty and must stay empty.
 
 The cache is written into a hidden sibling folder and renamed into place only when
 complete, so a killed run never leaves a folder that looks like a cache.
@@ -40,7 +45,7 @@ from gan.config import DataConfig, DegradeConfig, config_hash, to_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 from gan.errors import first_line
 
-FORMAT = 1
+FORMAT = 2
 SPLITS = ("train", "val")
 PIECE_SECONDS = 30.0  # longer files are cut so a worker's memory stays bounded
 SCALE = 32767.0
@@ -51,8 +56,21 @@ class CacheError(RuntimeError):
     """A missing, incomplete or stale cache; the message says what to do."""
 
 
-def array_name(shift: int | None) -> str:
-    return "clean.i16" if shift is None else f"shift_{shift:+d}.i16"
+def array_name(variant: int | None) -> str:
+    return "clean.i16" if variant is None else f"variant_{variant}.i16"
+
+
+def num_variants(cfg: DegradeConfig) -> int:
+    """Degraded versions stored per piece."""
+    return cfg.variants or len(cfg.shifts)
+
+
+def piece_shifts(cfg: DegradeConfig, rel: str, piece: int) -> list[int]:
+    """The shift of each variant of piece ``piece`` of file ``rel``: all shifts in order, or ``variants`` distinct ones drawn."""
+    if not cfg.variants:
+        return list(cfg.shifts)
+    rng = np.random.default_rng(int(config_hash(f"shifts|{cfg.seed}|{rel}#{piece}"), 16))
+    return [int(s) for s in rng.choice(cfg.shifts, size=cfg.variants, replace=False)]
 
 
 def cache_settings(cfg: DataConfig) -> dict:
@@ -63,6 +81,7 @@ def cache_settings(cfg: DataConfig) -> dict:
         "val_fraction": cfg.val_fraction,
         "min_file_seconds": cfg.min_file_seconds,
         "silence_db": cfg.silence_db,
+        "bandlimit_fraction": cfg.bandlimit_fraction,
         "degrade": to_dict(cfg.degrade),
     }
 
@@ -85,13 +104,14 @@ def _unit_hash(text: str) -> float:
 
 @dataclass
 class CacheSplit:
-    """One split: ``clean`` and ``degraded[shift]`` are ``(N,)`` int16 memmaps (x 1/32767)."""
+    """One split: ``clean`` and ``degraded[k]`` (variant k) are ``(N,)`` int16 memmaps (x 1/32767)."""
 
     name: str
     clean: np.ndarray
-    degraded: dict[int, np.ndarray]
+    degraded: list[np.ndarray]
     offsets: np.ndarray  # (items,) int64 start of each item in the arrays
     lengths: np.ndarray  # (items,) int64
+    shifts: np.ndarray  # (items, variants) int64: the shift of each item's variants
     items: list[dict]
 
     def __len__(self) -> int:
@@ -110,7 +130,8 @@ class Cache:
         self.manifest = json.loads(mpath.read_text())
         if self.manifest.get("format") != FORMAT:
             raise CacheError(f"cache {self.path}: format {self.manifest.get('format')} is not {FORMAT}; rebuild it")
-        self.shifts: list[int] = list(self.manifest["shifts"])
+        self.shifts: list[int] = list(self.manifest["shifts"])  # every shift a variant may have
+        self.variants: int = int(self.manifest["variants"])
         self.sample_rate: int = self.manifest["settings"]["sample_rate"]
         self._splits: dict[str, CacheSplit] = {}
 
@@ -120,16 +141,17 @@ class Cache:
                 raise CacheError(f"cache {self.path}: no split {name!r}; known: {', '.join(self.manifest['splits'])}")
             meta = self.manifest["splits"][name]
             n = meta["samples"]
-            arrays = {s: self._array(name, s, n) for s in [None, *self.shifts]}
+            items = meta["items"]
             self._splits[name] = CacheSplit(
-                name, arrays.pop(None), arrays,
-                np.array([it["offset"] for it in meta["items"]], dtype=np.int64),
-                np.array([it["length"] for it in meta["items"]], dtype=np.int64),
-                meta["items"])
+                name, self._array(name, None, n), [self._array(name, k, n) for k in range(self.variants)],
+                np.array([it["offset"] for it in items], dtype=np.int64),
+                np.array([it["length"] for it in items], dtype=np.int64),
+                np.array([it["shifts"] for it in items], dtype=np.int64).reshape(len(items), self.variants),
+                items)
         return self._splits[name]
 
-    def _array(self, split: str, shift: int | None, n: int) -> np.ndarray:
-        p = self.path / split / array_name(shift)
+    def _array(self, split: str, variant: int | None, n: int) -> np.ndarray:
+        p = self.path / split / array_name(variant)
         if not p.is_file() or p.stat().st_size != 2 * n:
             raise CacheError(f"cache {self.path}: {split}/{p.name} is missing or has the wrong size; rebuild it")
         return np.memmap(p, dtype=np.int16, mode="r", shape=(n,)) if n else np.zeros(0, np.int16)
@@ -210,11 +232,34 @@ def mono_model_rate(audio: np.ndarray, rate: int) -> np.ndarray:
     return np.asarray(resample(to_mono(np.ascontiguousarray(audio)), rate, MODEL_RATE), dtype=np.float32)
 
 
+def bandlimit(clean: np.ndarray, rel: str, piece: int, seed: int) -> tuple[np.ndarray, str]:
+    """``(T,)`` at 48 kHz -> (the same band-limited, what was done), chosen per piece from a hash.
+
+    Half the pieces go through a lossy codec that soundfile writes (MP3 or Ogg Vorbis at a
+    compression level in [0.3, 0.9]: cut-offs of about 8-21 kHz), half through a low-pass at
+    16-22 kHz (the resampler of a lower-rate source). Both keep the alignment (tested).
+    """
+    import io
+
+    u = [int(config_hash(f"bandlimit|{seed}|{rel}#{piece}|{i}"), 16) / 16.0**16 for i in range(2)]
+    if u[0] < 0.5:
+        fmt, subtype = ("MP3", "MPEG_LAYER_III") if u[0] < 0.25 else ("OGG", "VORBIS")
+        level = round(0.3 + 0.6 * u[1], 2)
+        buf = io.BytesIO()
+        sf.write(buf, clean, MODEL_RATE, format=fmt, subtype=subtype, compression_level=level)
+        buf.seek(0)
+        y = sf.read(buf, dtype="float32")[0][: len(clean)]
+        return np.pad(y, (0, len(clean) - len(y))), f"{fmt.lower()} {level}"
+    cutoff = int(round(16000 + 6000 * u[1], -2))  # Hz
+    low = resample(resample(clean[None], MODEL_RATE, 2 * cutoff), 2 * cutoff, MODEL_RATE)[0][: len(clean)]
+    return np.pad(np.asarray(low, dtype=np.float32), (0, len(clean) - len(low))), f"low-pass {cutoff} Hz"
+
+
 def degrade_piece(clean: np.ndarray, rel: str, piece: int, cfg: DegradeConfig,
                   shifts: list[int]) -> tuple[dict[int, str], dict[int, np.ndarray]]:
     """Piece ``piece`` of file ``rel``, ``(T,)`` at 48 kHz -> (its shifter per shift, its round trip ``(T,)`` per shift).
 
-    The shifter is drawn per piece, keyed ``"<rel>#<piece>"``.
+    The shifter is drawn per piece and shift, keyed ``"<rel>#<piece>"``.
     """
     shifters = {s: choose_shifter(cfg, f"{rel}#{piece}", s) for s in shifts}
     return shifters, {s: round_trip(clean, s, cfg, shifters[s]) for s in shifts}
@@ -300,15 +345,19 @@ def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate:
     clean = mono_model_rate(data.T, rate)
     if np.abs(clean).max() < 10.0 ** (cfg.silence_db / 20):
         return {**out, "skip": f"silent (peak below data.silence_db {cfg.silence_db} dB)"}
-    shifters, degraded = degrade_piece(clean, rel, piece, cfg.degrade, cfg.degrade.shifts)
+    if out["split"] == "train" and _unit_hash(f"bandlimited|{cfg.seed}|{rel}#{piece}") < cfg.bandlimit_fraction:
+        clean, out["bandlimit"] = bandlimit(clean, rel, piece, cfg.seed)
+    shifts = piece_shifts(cfg.degrade, rel, piece)
+    shifters, degraded = degrade_piece(clean, rel, piece, cfg.degrade, shifts)
     peak = max(float(np.abs(a).max()) for a in [clean, *degraded.values()])
     gain = min(1.0, MAX_PEAK / peak)
 
     def q(a: np.ndarray) -> np.ndarray:
         return np.round(a * (gain * SCALE)).astype(np.int16)
 
-    return {**out, "length": len(clean), "gain": gain, "shifters": {str(s): n for s, n in shifters.items()},
-            "clean": q(clean), "degraded": {s: q(a) for s, a in degraded.items()}}
+    return {**out, "length": len(clean), "gain": gain, "shifts": shifts,
+            "shifters": {str(s): n for s, n in shifters.items()},
+            "clean": q(clean), "degraded": [q(degraded[s]) for s in shifts]}
 
 
 def usable_cores() -> int:
@@ -356,8 +405,8 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
             outs = {}
             for split in SPLITS:
                 (tmp / split).mkdir(parents=True)
-                outs[split] = {s: stack.enter_context(open(tmp / split / array_name(s), "wb"))
-                               for s in [None, *cfg.degrade.shifts]}
+                outs[split] = {k: stack.enter_context(open(tmp / split / array_name(k), "wb"))
+                               for k in [None, *range(num_variants(cfg.degrade))]}
             bar = stack.enter_context(tqdm(
                 total=sum((t[4] - t[3]) / t[5] for t in tasks), disable=not progress, file=sys.stderr,
                 desc=f"preprocess -> {path}", dynamic_ncols=True,
@@ -369,8 +418,8 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
                     continue
                 meta = splits[res["split"]]
                 outs[res["split"]][None].write(res.pop("clean").tobytes())
-                for s, a in res.pop("degraded").items():
-                    outs[res["split"]][s].write(a.tobytes())
+                for k, a in enumerate(res.pop("degraded")):
+                    outs[res["split"]][k].write(a.tobytes())
                 meta["items"].append({**res, "offset": meta["samples"]})
                 meta["samples"] += res["length"]
         done = {it["file"] for m in splits.values() for it in m["items"]}
@@ -389,6 +438,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
             "audio_dir": str(root),
             "dtype": "int16", "scale": SCALE,
             "shifts": list(cfg.degrade.shifts),
+            "variants": num_variants(cfg.degrade),
             "seconds": {s: splits[s]["samples"] / MODEL_RATE for s in SPLITS},
             "build_seconds": time.time() - t0,
             "splits": splits,
@@ -431,7 +481,8 @@ def summary(manifest: dict, n_files: int, path: Path) -> str:
         kind = s["reason"].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
     line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']}, "
-            f"{sec['train']:.1f} s train + {sec['val']:.1f} s val x {len(manifest['shifts'])} shifts "
+            f"{sec['train']:.1f} s train + {sec['val']:.1f} s val x {manifest['variants']} round trips "
+            f"(shifts {min(manifest['shifts']):+d}..{max(manifest['shifts']):+d}) "
             f"in {manifest['build_seconds']:.1f} s")
     if counts:
         line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))

@@ -36,8 +36,11 @@ class ConfigError(ValueError):
 class DegradeConfig:
     """The pitch round trip: 48 kHz -> oversample -> shift +n -> shift -n -> back."""
 
-    shifts: list[int] = field(default_factory=lambda: [-12, -11, -10, 10, 11, 12])
-    # shifter name -> sampling weight; each (file, shift) pair draws one shifter.
+    shifts: list[int] = field(default_factory=lambda: [-12, -11, -10, 10, 11, 12])  # semitones drawn from
+    # degraded versions stored per piece: 0 -> one per entry of ``shifts`` (every shift of every piece);
+    # k > 0 -> k distinct shifts drawn per piece (cache size (1 + k) x the audio, whatever the range)
+    variants: int = 0
+    # shifter name -> sampling weight; each (piece, shift) pair draws one shifter.
     shifters: dict[str, float] = field(default_factory=lambda: {"torchaudio": 1.0})
     oversample_rate: int = 96000
     n_fft: int = 2048  # torchaudio phase vocoder, at the oversampled rate
@@ -47,8 +50,11 @@ class DegradeConfig:
     def __post_init__(self):
         if not self.shifts:
             raise ConfigError("data.degrade.shifts: needs at least one shift")
-        if any(abs(s) > 24 for s in self.shifts):
-            raise ConfigError("data.degrade.shifts: shifts must lie within +-24 semitones")
+        if any(abs(s) > 24 or s == 0 for s in self.shifts) or len(set(self.shifts)) != len(self.shifts):
+            raise ConfigError("data.degrade.shifts: distinct non-zero shifts within +-24 semitones")
+        if not 0 <= self.variants <= len(self.shifts):
+            raise ConfigError(f"data.degrade.variants: {self.variants} must be in [0, {len(self.shifts)}] "
+                              "(0 = one per shift)")
         if not self.shifters or any(w < 0 for w in self.shifters.values()) or sum(self.shifters.values()) <= 0:
             raise ConfigError("data.degrade.shifters: needs at least one shifter with a positive weight")
         if self.oversample_rate < 48000:
@@ -67,7 +73,13 @@ class DataConfig:
     val_segment_seconds: float = 4.0
     val_examples: int = 8  # fixed validation crops
     min_file_seconds: float = 0.25
-    silence_db: float = -50.0  # crops quieter than this (RMS, dBFS) are redrawn
+    silence_db: float = -50.0  # crops quieter than this (RMS, dBFS) are redrawn ...
+    quiet_fraction: float = 0.0  # ... except this share of them, kept as they are (quiet passages)
+    silence_fraction: float = 0.0  # share of training crops replaced by digital silence (clean = degraded = 0)
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [lo, hi]: per-crop level, uniform in dB
+    # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
+    # low-pass at 16-22 kHz), so the model learns that an empty top band stays empty
+    bandlimit_fraction: float = 0.0
     on_stale_cache: Literal["rebuild", "error"] = "rebuild"
     seed: int = 0
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
@@ -81,6 +93,12 @@ class DataConfig:
             raise ConfigError("data.segment_length and data.batch_size: must be positive")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers: must be >= 0")
+        for name in ("quiet_fraction", "silence_fraction", "bandlimit_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.{name}: must be in [0, 1]")
+        if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1] or self.gain_db[1] > 0:
+            raise ConfigError(f"data.gain_db: {self.gain_db} must be [lo, hi] with lo <= hi <= 0 dB "
+                              "(stored pieces peak at -0.1 dBFS)")
 
 
 @dataclass

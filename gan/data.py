@@ -10,7 +10,11 @@ Crops (``segment_length`` samples) are taken inside one item (a file or a piece 
 long file), never across two; items are drawn with probability proportional to their
 length; an item shorter than a crop sits at a random offset in a zero-padded crop.
 Crops whose clean RMS is below ``data.silence_db`` are redrawn (up to ``MAX_TRIES``
-times). Each crop pairs the clean audio with the round trip by one random cached shift.
+times), except a share ``data.quiet_fraction`` of them, kept so quiet passages are seen.
+Each crop pairs the clean audio with one random cached variant (round trip) of its item.
+Training batches are then augmented (validation crops are not): each crop's pair is scaled
+by one gain drawn uniformly in ``data.gain_db`` (level robustness), and a share
+``data.silence_fraction`` of crops becomes digital silence on both sides (silence stays silent).
 """
 from __future__ import annotations
 
@@ -35,31 +39,34 @@ STOP_SECONDS = 2.0  # how long a loader worker gets to finish its batch and stop
 class CropSampler:
     """Draws (clean, degraded, shift) crops from one cache split with a given numpy Generator."""
 
-    def __init__(self, split: CacheSplit, shifts: list[int], length: int, silence_db: float):
+    def __init__(self, split: CacheSplit, length: int, silence_db: float, quiet_fraction: float = 0.0):
         if len(split) == 0:
             raise CacheError(f"cache split {split.name!r} is empty; add audio files or change data.val_fraction")
-        self.split, self.shifts, self.length = split, list(shifts), length
+        self.split, self.length, self.quiet_fraction = split, length, quiet_fraction
+        self.variants = len(split.degraded)
         self.cum = np.cumsum(split.lengths)  # sampling proportional to item length
         self.min_power = 10.0 ** (silence_db / 10)  # mean square threshold
 
     def draw(self, rng: np.random.Generator, n: int, items: np.ndarray | None = None,
-             shift_idx: np.ndarray | None = None, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+             variant: np.ndarray | None = None, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """``n`` crops -> clean, degraded ``(n, length)`` float32, shift ``(n,)`` int64, item, start.
 
-        ``out`` (optional): preallocated clean, degraded and shift arrays to fill.
+        ``variant``: the cached round trip of each crop (default: drawn). ``out`` (optional):
+        preallocated clean, degraded and shift arrays to fill.
         """
         free_items = items is None  # fixed items (validation) only get new positions
         if free_items:
             items = self._items(rng, n)
-        if shift_idx is None:
-            shift_idx = rng.integers(0, len(self.shifts), n)
+        if variant is None:
+            variant = rng.integers(0, self.variants, n)
+        keep_quiet = rng.random(n) < self.quiet_fraction if self.quiet_fraction else np.zeros(n, bool)
         starts = self._positions(rng, items)
         out = out or {"clean": np.empty((n, self.length), np.float32),
                       "degraded": np.empty((n, self.length), np.float32), "shift": np.empty(n, np.int64)}
         clean, degraded = out["clean"], out["degraded"]
         power = self._fill(clean, items, starts, None)
         for _ in range(MAX_TRIES):
-            quiet = np.flatnonzero(power < self.min_power)
+            quiet = np.flatnonzero((power < self.min_power) & ~keep_quiet)
             if quiet.size == 0:
                 break
             if free_items:
@@ -67,8 +74,8 @@ class CropSampler:
             starts[quiet] = self._positions(rng, items[quiet])
             power[quiet] = self._fill(clean, items, starts, quiet)
         for j in range(n):
-            self._copy(degraded[j], self.split.degraded[self.shifts[shift_idx[j]]], items[j], starts[j])
-        out["shift"][:] = np.asarray(self.shifts, np.int64)[shift_idx]
+            self._copy(degraded[j], self.split.degraded[variant[j]], items[j], starts[j])
+        out["shift"][:] = self.split.shifts[items, variant]
         return {**out, "item": items, "start": starts}
 
     def _items(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -113,8 +120,8 @@ class TrainStream:
     def sampler(self) -> CropSampler:
         if self._sampler is None:
             cache = open_cache(self.cache_dir)
-            self._sampler = CropSampler(cache.split("train"), cache.shifts, self.cfg.segment_length,
-                                        self.cfg.silence_db)
+            self._sampler = CropSampler(cache.split("train"), self.cfg.segment_length, self.cfg.silence_db,
+                                        self.cfg.quiet_fraction)
         return self._sampler
 
     def batch(self, index: int, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -125,11 +132,26 @@ class TrainStream:
                       "shift": torch.empty(cfg.batch_size, dtype=torch.int64)}
         views = {"clean": out["clean"].numpy()[:, 0], "degraded": out["degraded"].numpy()[:, 0],
                  "shift": out["shift"].numpy()}  # (B, 1, T) -> (B, T) views
-        self.sampler.draw(np.random.default_rng([cfg.seed, self.rank, index]), cfg.batch_size, out=views)
+        rng = np.random.default_rng([cfg.seed, self.rank, index])
+        self.sampler.draw(rng, cfg.batch_size, out=views)
+        augment(views, rng, cfg)
         return out
 
     def __getstate__(self):
         return {**self.__dict__, "_sampler": None}
+
+
+def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig) -> None:
+    """In place on clean, degraded ``(B, T)``: one gain per crop from ``data.gain_db``, then silence for a share."""
+    lo, hi = cfg.gain_db
+    if lo != hi or lo != 0.0:
+        gain = (10.0 ** (rng.uniform(lo, hi, len(crops["clean"])) / 20)).astype(np.float32)[:, None]  # (B, 1)
+        crops["clean"] *= gain
+        crops["degraded"] *= gain
+    if cfg.silence_fraction:
+        silent = rng.random(len(crops["clean"])) < cfg.silence_fraction
+        crops["clean"][silent] = 0.0
+        crops["degraded"][silent] = 0.0
 
 
 class TrainLoader:
@@ -264,7 +286,7 @@ def load_val_set(cache_dir: str | Path, data_cfg: DataConfig) -> dict[str, torch
     """Fixed validation crops -> clean, degraded ``(N, 1, L)`` float32, shift ``(N,)`` int64.
 
     ``N = data.val_examples`` crops of ``L = val_segment_seconds * 48000`` samples, cycling
-    through the validation items (in a seeded order) and through the shifts. ``N = 0``
+    through the validation items (in a seeded order) and through their variants. ``N = 0``
     when the cache has no validation split.
     """
     cache = open_cache(cache_dir)
@@ -275,9 +297,8 @@ def load_val_set(cache_dir: str | Path, data_cfg: DataConfig) -> dict[str, torch
         return {"clean": empty, "degraded": empty.clone(), "shift": torch.zeros(0, dtype=torch.int64)}
     rng = np.random.default_rng([data_cfg.seed, _VAL_TAG])
     order = rng.permutation(len(split))
-    sampler = CropSampler(split, cache.shifts, length, data_cfg.silence_db)
-    crops = sampler.draw(rng, n, items=order[np.arange(n) % len(split)],
-                         shift_idx=np.arange(n) % len(cache.shifts))
+    sampler = CropSampler(split, length, data_cfg.silence_db)
+    crops = sampler.draw(rng, n, items=order[np.arange(n) % len(split)], variant=np.arange(n) % cache.variants)
     return {"clean": torch.from_numpy(crops["clean"])[:, None],  # (N, L) -> (N, 1, L)
             "degraded": torch.from_numpy(crops["degraded"])[:, None],
             "shift": torch.from_numpy(crops["shift"])}

@@ -10,17 +10,25 @@ anti-aliasing filter of the band-limited (windowed-sinc) resampler back to the o
 rate (torchaudio's ``resample``, cut-off 0.99 x Nyquist).
 
 Shifters are pluggable (``SHIFTERS``: name -> function ``(x (C, T) float32 tensor, rate,
-semitones, cfg) -> (C, T)``):
+semitones, cfg) -> (C, T)``) and come from every family users meet (``SHIFTER_INFO``
+names each one's family, package and licence). All are deterministic.
 
-- ``torchaudio``: the algorithm of ``torchaudio.functional.pitch_shift`` (phase-vocoder
-  time stretch, then resampling by the pitch ratio) with ``cfg.n_fft`` / ``cfg.hop_length``.
-  torchaudio's own function resamples by ``int(rate / ratio) : rate``, whose sinc kernel
-  needs tens of GB for non-octave shifts at 96 kHz; here that ratio is reduced to a
-  fraction with denominator <= 1000 (pitch error < 0.001 cent; the numerator reaches
-  about 2000 for shifts down, see ``reduced_ratio``). For octave shifts the
-  result equals ``torchaudio.functional.pitch_shift`` exactly.
-- ``signalsmith``: Signalsmith Stretch (python-stretch, MIT), an independent
-  multi-resolution spectral shifter, seeded for determinism.
+- ``torchaudio`` (phase vocoder): the algorithm of ``torchaudio.functional.pitch_shift``
+  (phase-vocoder time stretch, then resampling by the pitch ratio) with ``cfg.n_fft`` /
+  ``cfg.hop_length``. torchaudio's own function resamples by ``int(rate / ratio) : rate``,
+  whose sinc kernel needs tens of GB for non-octave shifts at 96 kHz; here that ratio is
+  reduced to a fraction with denominator <= 1000 (pitch error < 0.001 cent; the numerator
+  reaches about 2000 for shifts down, see ``reduced_ratio``). For octave shifts the result
+  equals ``torchaudio.functional.pitch_shift`` exactly.
+- ``librosa`` (phase vocoder, a second implementation): ``librosa.effects.time_stretch``
+  (n_fft 2048, hop 512) then the same resampling by the pitch ratio (librosa's own
+  ``pitch_shift`` resamples with soxr, ten times slower here at 96 kHz).
+- ``signalsmith`` (multi-resolution spectral): Signalsmith Stretch (python-stretch, MIT).
+- ``rubberband`` (phase-locked vocoder with transient handling): Rubber Band through
+  Spotify's ``pedalboard.PitchShift``. GPL-3.0, so an optional extra
+  (``pip install -e '.[gpl]'``); without it the shifter is a one-line error.
+- ``wsola`` (time domain): WSOLA time stretch (audiotsm, MIT; Verhelst & Roelands 1993)
+  then the resampling by the pitch ratio.
 
 ``cfg.shifters`` weights several shifters; ``choose_shifter`` picks one per
 (file, shift) deterministically so the cache is reproducible.
@@ -91,19 +99,61 @@ def _fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
 
 
+def _pitch_by_stretch(stretch: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor,
+                      sample_rate: int, semitones: float) -> torch.Tensor:
+    """Pitch shift as a time stretch by ``2**(n/12)`` then resampling by the pitch ratio: ``(C, T) -> (C, T)``.
+
+    ``stretch(x, speed)`` returns ``x`` played ``speed`` times as fast (about ``T / speed`` samples).
+    """
+    length = x.shape[-1]
+    speed = 2.0 ** (-float(semitones) / 12)  # < 1 lengthens
+    stretched = stretch(x, speed)
+    return _fit_length(_resample(stretched, *pitch_resample_rates(sample_rate, semitones)), length)
+
+
 def shift_torchaudio(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
     """torchaudio's phase-vocoder pitch shift: ``(C, T) -> (C, T)``."""
     n_fft = cfg.n_fft
     hop = cfg.hop_length or n_fft // 4
-    length = x.shape[-1]
-    rate = 2.0 ** (-float(semitones) / 12)  # time-stretch factor; < 1 lengthens
     window = torch.hann_window(n_fft, device=x.device)
-    spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
-    # (C, T) -> (C, n_fft // 2 + 1, frames)
-    advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device)[..., None]
-    stretched = torch.istft(AF.phase_vocoder(spec, rate, advance), n_fft, hop, n_fft, window,
-                            length=int(round(length / rate)))
-    return _fit_length(_resample(stretched, *pitch_resample_rates(sample_rate, semitones)), length)
+
+    def stretch(x: torch.Tensor, speed: float) -> torch.Tensor:
+        spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
+        # (C, T) -> (C, n_fft // 2 + 1, frames)
+        advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device)[..., None]
+        return torch.istft(AF.phase_vocoder(spec, speed, advance), n_fft, hop, n_fft, window,
+                           length=int(round(x.shape[-1] / speed)))
+
+    return _pitch_by_stretch(stretch, x, sample_rate, semitones)
+
+
+def _numpy_stretch(fn: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """A numpy ``(C, T) -> (C, T')`` stretch as a tensor one."""
+    def stretch(x: torch.Tensor, speed: float) -> torch.Tensor:
+        y = fn(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), speed)
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return stretch
+
+
+def shift_librosa(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """librosa's phase-vocoder time stretch, then resampling: ``(C, T) -> (C, T)``."""
+    import librosa
+
+    return _pitch_by_stretch(_numpy_stretch(lambda a, speed: librosa.effects.time_stretch(a, rate=speed)),
+                             x, sample_rate, semitones)
+
+
+def shift_wsola(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """WSOLA time stretch (audiotsm, time domain), then resampling: ``(C, T) -> (C, T)``."""
+    from audiotsm import wsola
+    from audiotsm.io.array import ArrayReader, ArrayWriter
+
+    def stretch(a: np.ndarray, speed: float) -> np.ndarray:
+        writer = ArrayWriter(a.shape[0])
+        wsola(a.shape[0], speed=speed).run(ArrayReader(a), writer)
+        return writer.data
+
+    return _pitch_by_stretch(_numpy_stretch(stretch), x, sample_rate, semitones)
 
 
 def shift_signalsmith(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
@@ -117,9 +167,33 @@ def shift_signalsmith(x: torch.Tensor, sample_rate: int, semitones: float, cfg: 
     return _fit_length(torch.from_numpy(np.asarray(y, dtype=np.float32)), x.shape[-1])
 
 
+def shift_rubberband(x: torch.Tensor, sample_rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """Rubber Band (through pedalboard, GPL-3.0, optional) pitch shift: ``(C, T) -> (C, T)``."""
+    try:
+        from pedalboard import PitchShift
+    except ImportError:
+        raise ConfigError("shifter 'rubberband' needs the optional GPL extra: pip install -e '.[gpl]' "
+                          "(pedalboard)") from None
+    y = PitchShift(semitones=float(semitones))(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
+                                              float(sample_rate))
+    return _fit_length(torch.from_numpy(np.asarray(y, dtype=np.float32)), x.shape[-1])
+
+
 SHIFTERS: dict[str, Callable[[torch.Tensor, int, float, DegradeConfig], torch.Tensor]] = {
     "torchaudio": shift_torchaudio,
+    "librosa": shift_librosa,
     "signalsmith": shift_signalsmith,
+    "rubberband": shift_rubberband,
+    "wsola": shift_wsola,
+}
+
+# name -> (family, package, licence)
+SHIFTER_INFO: dict[str, tuple[str, str, str]] = {
+    "torchaudio": ("phase vocoder", "torchaudio", "BSD-2-Clause"),
+    "librosa": ("phase vocoder", "librosa", "ISC"),
+    "signalsmith": ("multi-resolution spectral", "python-stretch (Signalsmith Stretch)", "MIT"),
+    "rubberband": ("phase-locked vocoder", "pedalboard (Rubber Band)", "GPL-3.0, optional extra 'gpl'"),
+    "wsola": ("time domain (WSOLA)", "audiotsm", "MIT"),
 }
 
 

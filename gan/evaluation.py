@@ -98,12 +98,13 @@ def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
     if missing:
         raise AudioError(f"cache {cache_dir}: has no shift {missing}; it holds {cache.shifts}")
     part = cache.split(split)
-    for item, off, length in zip(part.items, part.offsets, part.lengths):
+    for item, off, length, item_shifts in zip(part.items, part.offsets, part.lengths, part.shifts):
         n = min(int(length), int(max_seconds * RATE)) if max_seconds else int(length)
         name = f"{item['file']}#{item.get('piece', 0)}"
         clean = part.clean[off: off + n].astype(np.float32) / SCALE
-        for s in shifts:
-            yield Example(name, f"{s:+d}", clean, part.degraded[s][off: off + n].astype(np.float32) / SCALE)
+        for k, s in enumerate(item_shifts.tolist()):
+            if s in shifts:
+                yield Example(name, f"{s:+d}", clean, part.degraded[k][off: off + n].astype(np.float32) / SCALE)
 
 
 def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, degraded_dir: str | Path | None = None,

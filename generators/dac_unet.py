@@ -3,7 +3,7 @@
     x (B, 1, T) -> pad to a multiple of total_stride -> [patch: (B, P, T / P)]
       -> stem conv k7 (C0) -> DownBlock_i (C_i -> C_i+1, / s_i) ... -> bottleneck units (C_n)
       -> UpBlock_i (C_i+1 -> C_i, * s_i, + skip_i) ... -> Snake -> conv k7 (P) -> [tanh]
-      -> [un-patch] -> crop -> (B, 1, T)
+      -> [un-patch] -> crop -> [+ x when residual] -> (B, 1, T)
 
 ``skip_i`` is the output of DownBlock_i's residual units (before its strided conv).
 Patching folds P consecutive samples into P channels, so every level runs at 1/P of
@@ -38,7 +38,8 @@ class DacUNetConfig:
     kernel_size: int = 7
     skip: SkipMode = "add"
     patch_size: int = 1  # 1 = off; 2 = fold sample pairs into channels ("patching")
-    output_activation: Literal["tanh", "none"] = "tanh"
+    output_activation: Literal["tanh", "none"] = "tanh"  # on the output, or on the correction when residual
+    residual: bool = False  # y = x + G(x), last conv zero-initialised: an untrained model is the identity
 
     def __post_init__(self):
         if not self.strides or any(s < 2 for s in self.strides):
@@ -62,7 +63,7 @@ class DacUNetConfig:
 
 
 class DacUNet(Generator):
-    """``(B, 1, T) -> (B, 1, T)`` for any ``T >= 1``; predicts the clean signal."""
+    """``(B, 1, T) -> (B, 1, T)`` for any ``T >= 1``; predicts the clean signal (or, when residual, its difference from the input)."""
 
     def __init__(self, cfg: DacUNetConfig):
         super().__init__()
@@ -77,12 +78,14 @@ class DacUNet(Generator):
         self.ups = nn.ModuleList(
             UpBlock(widths[i + 1], widths[i], s, dil, k, cfg.skip) for i, s in enumerate(cfg.strides))
         self.head = nn.Sequential(Snake1d(widths[0]), WNConv1d(widths[0], p, kernel_size=7, padding=3))
+        if cfg.residual:
+            self.zero_output(self.head[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         batch, _, length = x.shape
         p = self.cfg.patch_size
-        x = F.pad(x, (0, -length % self.cfg.total_stride))
-        h = x.reshape(batch, -1, p).transpose(1, 2)  # (B, 1, T') -> (B, P, T' / P)
+        h = F.pad(x, (0, -length % self.cfg.total_stride))
+        h = h.reshape(batch, -1, p).transpose(1, 2)  # (B, 1, T') -> (B, P, T' / P)
         h = self.stem(h)  # -> (B, C0, L0)
         skips = []
         for down in self.downs:
@@ -94,8 +97,8 @@ class DacUNet(Generator):
         h = self.head(h)  # -> (B, P, L0)
         if self.cfg.output_activation == "tanh":
             h = torch.tanh(h)
-        y = h.transpose(1, 2).reshape(batch, 1, -1)  # (B, P, L0) -> (B, 1, T')
-        return y[..., :length]
+        y = h.transpose(1, 2).reshape(batch, 1, -1)[..., :length]  # (B, P, L0) -> (B, 1, T') -> (B, 1, T)
+        return x + y if self.cfg.residual else y
 
     def _level_span(self, i: int, s: Span) -> Span:
         """Span on DownBlock i's input of a span on UpBlock i's output."""

@@ -34,7 +34,8 @@ class WavUNetConfig:
     scale: int = 4  # down / up factor between levels
     negative_slope: float = 0.01  # LeakyReLU (torch default, as HiFi++)
     norm: Literal["weight", "none"] = "weight"
-    output_activation: Literal["tanh", "none"] = "none"
+    output_activation: Literal["tanh", "none"] = "none"  # on the output, or on the correction when residual
+    residual: bool = False  # y = x + G(x), last conv zero-initialised: an untrained model is the identity
 
     def __post_init__(self):
         if len(self.widths) < 2 or any(w < 1 for w in self.widths):
@@ -92,6 +93,8 @@ class WavUNet(Generator):
         self.dec = nn.ModuleList(ResBlock(cfg, w[i]) for i in range(n))
         self.merges = nn.ModuleList(_conv(cfg, 2 * w[i], w[i], 1) for i in range(n))
         self.head = _conv(cfg, w[0], 1, k, padding=k // 2)
+        if cfg.residual:
+            self.zero_output(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         length = x.shape[-1]
@@ -107,7 +110,7 @@ class WavUNet(Generator):
         h = self.head(h)
         if self.cfg.output_activation == "tanh":
             h = torch.tanh(h)
-        return h[..., :length]
+        return x + h[..., :length] if self.cfg.residual else h[..., :length]
 
     def _level_span(self, i: int, s: Span) -> Span:
         """Span on level i's input (= skip_i) of a span on level i's merged output."""

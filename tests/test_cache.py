@@ -66,8 +66,9 @@ def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_di
         stored = data.clean[it["offset"]: it["offset"] + it["length"]] / 32767.0
         assert it["length"] == len(expect) == int(np.ceil(audio.shape[1] * 48000 / 44100))
         np.testing.assert_allclose(stored, expect, atol=0.6 / 32767)
-        for s in cache.shifts:  # each shift: the round trip by the recorded shifter, same gain
-            deg = data.degraded[s][it["offset"]: it["offset"] + it["length"]] / 32767.0
+        assert it["shifts"] == [-10, 12]  # variants 0: every shift, in order
+        for k, s in enumerate(it["shifts"]):  # each shift: the round trip by the recorded shifter, same gain
+            deg = data.degraded[k][it["offset"]: it["offset"] + it["length"]] / 32767.0
             ref = round_trip(resample(to_mono(audio), 44100, 48000), s, cfg.degrade, it["shifters"][str(s)])
             np.testing.assert_allclose(deg, ref * it["gain"], atol=1.5 / 32767)
     assert cache_status(cfg) == "ok"
@@ -147,8 +148,8 @@ def _dead_pid() -> int:
 def test_a_broken_cache_file_is_a_clear_error(tmp_path, audio_dir):
     cfg = make_cfg(tmp_path, audio_dir)
     path = ensure_cache(cfg, progress=False, num_workers=0)
-    (path / "train" / "shift_+12.i16").write_bytes(b"\x00\x00")
-    with pytest.raises(CacheError, match=r"train/shift_\+12.i16 is missing or has the wrong size; rebuild"):
+    (path / "train" / "variant_1.i16").write_bytes(b"\x00\x00")
+    with pytest.raises(CacheError, match=r"train/variant_1.i16 is missing or has the wrong size; rebuild"):
         open_cache(path).split("train")
 
 

@@ -21,19 +21,21 @@ def item_value(k: int, name: str) -> int:
 
 
 def write_cache(path, train=TRAIN, val=VAL):
-    """A hand-made cache: clean items are constants; degraded[s] = clean + s (int16 units)."""
+    """A hand-made cache: clean items are constants; variant k (shift SHIFTS[k]) = clean + SHIFTS[k] (int16 units)."""
     splits = {}
     for split, items in (("train", train), ("val", val)):
         (path / split).mkdir(parents=True)
         clean = np.concatenate([np.full(n, item_value(k, name), np.int16) for k, (name, n) in enumerate(items.items())]
                                or [np.zeros(0, np.int16)])
         clean.tofile(path / split / array_name(None))
-        for s in SHIFTS:
-            (clean + np.int16(s)).astype(np.int16).tofile(path / split / array_name(s))
+        for k, s in enumerate(SHIFTS):
+            (clean + np.int16(s)).astype(np.int16).tofile(path / split / array_name(k))
         offsets = np.concatenate([[0], np.cumsum(list(items.values()))[:-1]]).astype(int) if items else []
         splits[split] = {"samples": int(clean.size), "items": [
-            {"file": name, "piece": 0, "offset": int(o), "length": n} for (name, n), o in zip(items.items(), offsets)]}
-    manifest = {"format": FORMAT, "shifts": SHIFTS, "settings": {"sample_rate": 48000}, "splits": splits}
+            {"file": name, "piece": 0, "offset": int(o), "length": n, "shifts": SHIFTS}
+            for (name, n), o in zip(items.items(), offsets)]}
+    manifest = {"format": FORMAT, "shifts": SHIFTS, "variants": len(SHIFTS), "settings": {"sample_rate": 48000},
+                "splits": splits}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -156,8 +158,7 @@ def test_short_item_at_position_zero_stays_inside_its_item(cache, name):
     split_name, items = ("train", TRAIN) if name in TRAIN else ("val", VAL)
     split = open_cache(cache).split(split_name)
     k = list(items).index(name)
-    crops = CropSampler(split, SHIFTS, SEG, -60.0).draw(_ZeroDraws(), 2, items=np.array([k, k]),
-                                                        shift_idx=np.array([0, 1]))
+    crops = CropSampler(split, SEG, -60.0).draw(_ZeroDraws(), 2, items=np.array([k, k]), variant=np.array([0, 1]))
     clean = np.rint(crops["clean"] * 32767).astype(int)
     expected = np.zeros(SEG, int)
     expected[:items[name]] = item_value(k, name)  # the item at the crop's start, then zeros
