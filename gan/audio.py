@@ -49,6 +49,8 @@ def resample(audio: np.ndarray | torch.Tensor, orig_sr: int, new_sr: int):
     if orig_sr == new_sr:
         return audio
     is_np = isinstance(audio, np.ndarray)
+    if audio.shape[-1] == 0:  # torchaudio cannot reshape an empty signal
+        return audio[..., :0].astype(np.float32) if is_np else audio[..., :0].float()
     x = torch.from_numpy(np.ascontiguousarray(audio)) if is_np else audio
     y = AF.resample(x.float(), orig_sr, new_sr)
     return y.numpy() if is_np else y

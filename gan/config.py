@@ -78,7 +78,7 @@ class DataConfig:
     silence_fraction: float = 0.0  # share of training crops replaced by digital silence (clean = degraded = 0)
     gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [lo, hi]: per-crop level, uniform in dB
     # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
-    # low-pass at 16-22 kHz), so the model learns that an empty top band stays empty
+    # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
     bandlimit_fraction: float = 0.0
     on_stale_cache: Literal["rebuild", "error"] = "rebuild"
     seed: int = 0
@@ -211,7 +211,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int
-    warmup_steps: int = 0  # generator-only (mel + L1) steps before D switches on
+    warmup_steps: int = 0  # generator-only (reconstruction) steps before D switches on; >= max_steps: G only
     log_every: int = 50
     val_every: int = 1000
     save_every: int = 5000
@@ -228,11 +228,8 @@ class TrainerConfig:
     def __post_init__(self):
         if self.max_steps <= 0:
             raise ConfigError("trainer.max_steps: must be positive")
-        if not 0 <= self.warmup_steps < self.max_steps:
-            raise ConfigError(
-                f"trainer.warmup_steps: {self.warmup_steps} must be >= 0 and shorter than "
-                f"trainer.max_steps ({self.max_steps})"
-            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"trainer.warmup_steps: {self.warmup_steps} must be >= 0")
         for name in ("log_every", "val_every", "save_every", "grad_accum", "max_nonfinite_skips"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name}: must be positive")

@@ -1,6 +1,11 @@
 """Scoring checkpoints on a data set: degraded vs enhanced vs clean, and paired comparisons.
 
-Examples come from one of three sources (all mono 48 kHz):
+Examples come from one of four sources (all mono 48 kHz):
+
+- a folder of clean recordings degraded on the fly by named shifters (``shifters=[...]``),
+  each file by each shifter and shift (shift 0: the clean file itself, to check that
+  clean input is left alone); ``shifter_matrix`` then summarises the report per
+  (shifter, shift) and metric, marking the shifters outside the checkpoint's training mix;
 
 - a folder of clean recordings, degraded on the fly by the round trip of the
   checkpoint's training config, in the cache's pieces with the cache's shifter choice per
@@ -41,6 +46,44 @@ class Example:
     shift: str  # "+10", or "given" for pairs degraded elsewhere
     clean: np.ndarray  # (T,) float32, 48 kHz
     degraded: np.ndarray  # (T,)
+    shifter: str = "recipe"  # the shifter of the round trip ("recipe": the training config's choice per piece)
+
+
+SILENT_DB = -60.0  # references whose RMS is below this (dBFS) are skipped: every distance to them is meaningless
+
+
+def usable_reference(name: str, clean: np.ndarray) -> bool:
+    """False, with a one-line note, for an empty or silent reference."""
+    if clean.size == 0:
+        print(f"note: {name}: empty; skipped", file=sys.stderr)
+        return False
+    rms_db = 10 * math.log10(float(np.mean(np.square(clean, dtype=np.float64))) + 1e-30)
+    if rms_db < SILENT_DB:
+        print(f"note: {name}: silent (RMS {rms_db:.0f} dBFS < {SILENT_DB:.0f}); skipped", file=sys.stderr)
+        return False
+    return True
+
+
+def shifter_examples(data_dir: str | Path, degrade_cfg, shifters: list[str], shifts: list[int],
+                     max_seconds: float | None = None) -> Iterator[Example]:
+    """Each clean file round-tripped by each named shifter and shift (0: the file unchanged)."""
+    from gan.degrade import check_shifters, round_trip
+
+    from gan.config import DegradeConfig
+
+    check_shifters(DegradeConfig(shifters={n: 1.0 for n in shifters}))
+    root = Path(data_dir)
+    for path in find_audio_files(root):
+        rel = path.relative_to(root).as_posix()
+        clean = _mono48(path, max_seconds)
+        if not usable_reference(rel, clean):
+            continue
+        for shifter in shifters:
+            for s in shifts:
+                if s == 0 and shifter != shifters[0]:
+                    continue  # the clean file is the same for every shifter
+                degraded = clean.copy() if s == 0 else round_trip(clean, s, degrade_cfg, shifter)
+                yield Example(rel, f"{s:+d}" if s else "0", clean, degraded, "none" if s == 0 else shifter)
 
 
 def _mono48(path: Path, max_seconds: float | None) -> np.ndarray:
@@ -108,12 +151,17 @@ def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
 
 
 def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, degraded_dir: str | Path | None = None,
-             split: str = "val", max_seconds: float | None = None) -> Iterator[Example]:
+             split: str = "val", max_seconds: float | None = None,
+             shifters: list[str] | None = None) -> Iterator[Example]:
     data = Path(data)
     if (data / "manifest.json").is_file():
+        if shifters:
+            raise AudioError(f"--data {data}: --shifters degrades clean recordings; give a folder, not a cache")
         return cache_examples(data, split, shifts, max_seconds)
     if not data.is_dir():
         raise AudioError(f"--data {data}: not a folder; give a folder of clean recordings or a cache")
+    if shifters:
+        return shifter_examples(data, degrade_cfg, shifters, list(shifts or [12, -12]), max_seconds)
     if degraded_dir is not None:
         return pair_examples(data, degraded_dir, max_seconds)
     return folder_examples(data, degrade_cfg, list(shifts or degrade_cfg.shifts), max_seconds)
@@ -122,8 +170,15 @@ def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, deg
 def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] | None = None,
              degraded_dir: str | Path | None = None, split: str = "val", metrics: list[str] | None = None,
              max_seconds: float | None = None, chunk_seconds: float = 5.0, device: str | None = None,
-             progress: bool = True) -> dict:
-    """Score every example's degraded input and each checkpoint's output against the clean reference."""
+             progress: bool = True, shifters: list[str] | None = None) -> dict:
+    """Score every example's degraded input and each checkpoint's output against the clean reference.
+
+    ``shifters``: degrade the clean folder ``data`` on the fly with these shifters and
+    ``shifts`` (default ±12) instead of the checkpoint's own recipe; the report then has a
+    ``matrix`` (see ``shifter_matrix``). Returns a dict: ``rows`` (one per example and
+    checkpoint), ``summary`` per checkpoint, ``compare`` with two checkpoints.
+    Raises ``AudioError`` for data that gives no examples.
+    """
     from gan.inference import Enhancer, load_generator
 
     loaded = [load_generator(c) for c in checkpoints]
@@ -131,14 +186,15 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     labels = [chr(ord("A") + i) for i in range(len(loaded))]
     suite = MetricSuite(metrics, loaded[0].cfg.loss)
     rows = []
-    for ex in examples(data, loaded[0].cfg.data.degrade, shifts, degraded_dir, split, max_seconds):
+    for ex in examples(data, loaded[0].cfg.data.degrade, shifts, degraded_dir, split, max_seconds, shifters):
         if progress:
-            print(f"{ex.file} {ex.shift}", file=sys.stderr, flush=True)
+            print(f"{ex.file} {ex.shifter} {ex.shift}", file=sys.stderr, flush=True)
         deg = suite.score(ex.clean, ex.degraded)
         for label, enh in zip(labels, enhancers):
             est = enh.enhance(ex.degraded[None], RATE)[0]
             sc = suite.score(ex.clean, est)
-            row = {"file": ex.file, "shift": ex.shift, "checkpoint": label, "seconds": len(ex.clean) / RATE}
+            row = {"file": ex.file, "shifter": ex.shifter, "shift": ex.shift, "checkpoint": label,
+                   "seconds": len(ex.clean) / RATE}
             for m in suite.names:
                 row.update({f"{m}_degraded": deg[m], f"{m}_enhanced": sc[m],
                             f"{m}_improvement": improvement(m, deg[m], sc[m])})
@@ -153,13 +209,111 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
                           for m in suite.names for k in KINDS} for lab in labels},
         "rows": rows,
     }
+    if shifters:
+        report["matrix"] = {lab: shifter_matrix(rows, lab, suite.names, loaded_mix(g)) for lab, g in zip(labels, loaded)}
     if len(labels) == 2:
-        by = {lab: {(r["file"], r["shift"]): r for r in rows if r["checkpoint"] == lab} for lab in labels}
+        by = {lab: {(r["file"], r["shifter"], r["shift"]): r for r in rows if r["checkpoint"] == lab} for lab in labels}
         keys = list(by["A"])
         report["compare"] = {
             m: paired_test([by["A"][k][f"{m}_enhanced"] for k in keys], [by["B"][k][f"{m}_enhanced"] for k in keys],
                            HIGHER_IS_BETTER[m]) for m in suite.names}
     return report
+
+
+def loaded_mix(loaded) -> list[str]:
+    """The shifters a checkpoint trained on (positive weight in its config)."""
+    return sorted(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0)
+
+
+def one_sided_p(degraded, enhanced, higher_is_better: bool) -> tuple[float, float]:
+    """Paired Wilcoxon signed-rank p-values for "enhanced is better" and for "enhanced is worse"."""
+    from scipy import stats
+
+    d, e = np.asarray(degraded, np.float64), np.asarray(enhanced, np.float64)
+    keep = np.isfinite(d) & np.isfinite(e)
+    gain = (e - d)[keep] if higher_is_better else (d - e)[keep]  # > 0: better
+    if gain.size < 2 or not np.any(gain):
+        return math.nan, math.nan
+    return (float(stats.wilcoxon(gain, alternative="greater").pvalue),
+            float(stats.wilcoxon(gain, alternative="less").pvalue))
+
+
+def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: list[str]) -> list[dict]:
+    """Per (shifter, shift) and metric of one checkpoint: relative improvement of the mean and one-sided p-values.
+
+    ``rel`` = (mean degraded - mean enhanced) / mean degraded for distances (the sign flipped
+    for higher-is-better metrics): > 0 means better, 0.05 = 5 % closer to the reference.
+    For clean input (shift 0) the degraded distance is 0, so ``rel`` is NaN and ``abs``
+    (the mean distance of the output to its input) says how much the model changed it.
+    """
+    out = []
+    keys = list(dict.fromkeys((r["shifter"], r["shift"]) for r in rows if r["checkpoint"] == label))
+    for shifter, shift in keys:
+        sel = [r for r in rows if r["checkpoint"] == label and r["shifter"] == shifter and r["shift"] == shift]
+        cell = {"shifter": shifter, "shift": shift, "n": len(sel),
+                "trained": shifter in trained or shifter == "recipe", "metrics": {}}
+        for m in metrics:
+            deg = [r[f"{m}_degraded"] for r in sel]
+            enh = [r[f"{m}_enhanced"] for r in sel]
+            md, me = float(np.nanmean(deg)), float(np.nanmean(enh))
+            sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
+            rel = sign * (me - md) / abs(md) if md else math.nan
+            p_better, p_worse = one_sided_p(deg, enh, HIGHER_IS_BETTER[m])
+            cell["metrics"][m] = {"degraded": md, "enhanced": me, "rel": rel, "abs": me - md,
+                                  "p_better": p_better, "p_worse": p_worse}
+        out.append(cell)
+    return out
+
+
+def format_matrix(report: dict, alpha: float = 0.01) -> str:
+    """The shifter x metric matrix of each checkpoint as text: relative improvement, and its significance."""
+    lines = []
+    for lab, cells in report.get("matrix", {}).items():
+        info = report["checkpoints"][lab]
+        metrics = report["metrics"]
+        lines.append(f"checkpoint {lab}: {info['path']} (step {info['step']}): relative improvement of the mean "
+                     f"distance (+ = closer to clean); '+' / '-': one-sided paired Wilcoxon p < {alpha} better / "
+                     "worse; * = shifter not in its training mix")
+        lines.append(f"{'shifter':<14}{'shift':>6}{'n':>4}" + "".join(f"{m:>16}" for m in metrics))
+        for c in cells:
+            name = c["shifter"] + ("" if c["trained"] or c["shifter"] == "none" else "*")
+            row = f"{name:<14}{c['shift']:>6}{c['n']:>4}"
+            for m in metrics:
+                v = c["metrics"][m]
+                mark = "+" if v["p_better"] < alpha else "-" if v["p_worse"] < alpha else " "
+                text = f"{v['abs']:+.4f} abs" if not math.isfinite(v["rel"]) else f"{100 * v['rel']:+.1f}%"
+                row += f"{text + ' ' + mark:>16}"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_matrix(report: dict, path: str | Path, label: str = "A") -> None:
+    """Heat map of the shifter x metric matrix of one checkpoint (colour: relative improvement, %)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells, metrics = [c for c in report["matrix"][label] if c["shift"] != "0"], report["metrics"]
+    vals = np.array([[100 * c["metrics"][m]["rel"] for m in metrics] for c in cells])
+    lim = max(1.0, float(np.nanmax(np.abs(vals)))) if vals.size else 1.0
+    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2.5, 0.35 * len(cells) + 1.5))
+    im = ax.imshow(vals, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    for i, c in enumerate(cells):
+        for j, m in enumerate(metrics):
+            v = c["metrics"][m]
+            mark = "+" if v["p_better"] < 0.01 else "-" if v["p_worse"] < 0.01 else ""
+            ax.text(j, i, f"{vals[i, j]:+.1f}{mark}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_yticks(range(len(cells)), [f"{c['shifter']}{'' if c['trained'] else '*'} {c['shift']}" for c in cells],
+                  fontsize=7)
+    fig.colorbar(im, ax=ax, label="improvement of the mean distance, %")
+    ax.set_title(f"{Path(report['checkpoints'][label]['path']).name}: * = not in the training mix", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- output
@@ -231,17 +385,18 @@ def plot_improvements(report: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     metrics, labels = report["metrics"], list(report["checkpoints"])
-    keys = list(dict.fromkeys((r["file"], r["shift"]) for r in report["rows"]))
+    keys = list(dict.fromkeys((r["file"], r["shifter"], r["shift"]) for r in report["rows"]))
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.25 * len(keys) * len(labels)), 2.2 * len(metrics)),
                              squeeze=False, sharex=True)
     width = 0.8 / len(labels)
     for ax, m in zip(axes[:, 0], metrics):
         for i, lab in enumerate(labels):
-            vals = {(r["file"], r["shift"]): r[f"{m}_improvement"] for r in report["rows"] if r["checkpoint"] == lab}
+            vals = {(r["file"], r["shifter"], r["shift"]): r[f"{m}_improvement"] for r in report["rows"]
+                    if r["checkpoint"] == lab}
             ax.bar(np.arange(len(keys)) + i * width, [vals[k] for k in keys], width, label=lab)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylabel(f"{m} impr.")
-    axes[-1, 0].set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [f"{f} {s}" for f, s in keys], rotation=90,
+    axes[-1, 0].set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [f"{f} {h} {s}" for f, h, s in keys], rotation=90,
                            fontsize=6)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()

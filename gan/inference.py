@@ -287,18 +287,24 @@ class Enhancer:
                            batch=self.batch_size, on_window=progress)
 
     def enhance(self, x: torch.Tensor | np.ndarray, sample_rate: int = MODEL_RATE, shift: float = 0.0,
-                chunked: bool = True) -> torch.Tensor:
-        """``(C, T)`` (or ``(T,)``) at ``sample_rate`` -> enhanced, same shape and rate."""
+                chunked: bool = True, name: str = "input") -> torch.Tensor:
+        """``(C, T)`` (or ``(T,)``) at ``sample_rate`` -> enhanced, same shape, rate and level.
+
+        Input peaking above the training range is scaled into it and back (``level_gain``).
+        """
         x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
         squeeze = x.dim() == 1
         x = x[None] if squeeze else x
-        blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked)
+        gain = level_gain(float(x.abs().max()) if x.numel() else 0.0, name)
+        blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked, gain=gain)
         parts = list(blocks)
         y = torch.cat(parts, dim=-1)[:, : x.shape[-1]] if parts else x.clone()
         return y[0] if squeeze else y
 
     def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
-                  progress=None) -> Iterator[torch.Tensor]:
+                  progress=None, gain: float = 1.0) -> Iterator[torch.Tensor]:
+        if gain != 1.0:
+            blocks = (b * gain for b in blocks)
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
         if shift:
             shifter = self.shifter
@@ -317,7 +323,7 @@ class Enhancer:
             whole = torch.cat(list(x48), dim=-1)
             y48 = iter([self._generate(whole[None])[0]]) if n48 else iter([])
         out, _ = resample_blocks(y48, channels, n48, MODEL_RATE, sample_rate)
-        return out
+        return out if gain == 1.0 else (y / gain for y in out)
 
     def enhance_file(self, src: str | Path, dst: str | Path, shift: float = 0.0, subtype: str | None = None,
                      progress: bool = True) -> Path:
@@ -334,6 +340,7 @@ class Enhancer:
         clip = not any(s in subtype for s in ("FLOAT", "DOUBLE"))
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.partial")
+        gain = level_gain(_file_peak(src), str(src))
         bar = _progress_bar(n * MODEL_RATE // max(rate, 1), f"{src.name}", progress)
         try:
             try:
@@ -346,7 +353,7 @@ class Enhancer:
                                                                           always_2d=True))
                 written = 0
                 try:
-                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update):
+                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain):
                         y = y[:, : n - written].numpy()
                         fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
                         written += y.shape[-1]
@@ -361,6 +368,36 @@ class Enhancer:
             bar.close()
             tmp.unlink(missing_ok=True)
         return dst
+
+
+MAX_INPUT_PEAK = 0.99  # training pieces peak at most here (gan.cache.MAX_PEAK)
+
+
+def level_gain(peak: float, name: str) -> float:
+    """Gain that brings a signal peaking at ``peak`` into the training range (<= 0.99); 1 when it is already there.
+
+    A hotter input (a float file above full scale) is scaled down before the model and
+    back up after it, so the output keeps the input's level; a one-line note says so.
+    """
+    if not math.isfinite(peak) or peak <= MAX_INPUT_PEAK:
+        return 1.0
+    gain = MAX_INPUT_PEAK / peak
+    print(f"note: {name}: peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by {20 * math.log10(gain):.1f} dB "
+          "into the model's range and back, so the output keeps its level", file=sys.stderr)
+    return gain
+
+
+def _file_peak(path: Path) -> float:
+    """Largest absolute sample of an audio file, read in blocks (the decoded samples, not the header)."""
+    peak = 0.0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            for b in f.blocks(_READ_BLOCK, dtype="float32", always_2d=True):
+                if b.size:
+                    peak = max(peak, float(np.abs(b).max()))
+    except (RuntimeError, ValueError, sf.LibsndfileError):
+        pass  # the enhancement pass reads the file again and reports what is wrong with it
+    return peak
 
 
 def main_shifter(cfg_degrade) -> str:

@@ -88,7 +88,7 @@ class Trainer:
             self.G, self.D, self.opt_g, self.opt_d = acc.prepare(g, d, opt_g, opt_d)
         # G's schedule runs over every step; D's over the adversarial steps only.
         self.sched_g = build_scheduler(opt_g, cfg.optim.generator.scheduler, t.max_steps)
-        self.sched_d = build_scheduler(opt_d, cfg.optim.discriminator.scheduler, t.max_steps - t.warmup_steps)
+        self.sched_d = build_scheduler(opt_d, cfg.optim.discriminator.scheduler, max(1, t.max_steps - t.warmup_steps))
         self.ema = None
         if t.ema_decay > 0:
             self.ema = AveragedModel(acc.unwrap_model(self.G, keep_torch_compile=False), multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay),
@@ -105,6 +105,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.run_dir, t.keep_last, t.keep_every)
         self._stop_requested = False
         self._logged_references = False
+        self._val_set: dict[str, torch.Tensor] | None = None  # loaded on first use (main process)
+        self._last_save_time = time.monotonic()
         self.timers: dict[str, float] = {}
         if resume is not None:
             self.load(resume)
@@ -338,7 +340,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mel distance and SI-SDR improvement on the fixed validation crops (main process)."""
-        if not self.is_main or len(self._val_set["degraded"]) == 0:
+        if not self.is_main:
+            return {}
+        if self._val_set is None:
+            self._val_set = load_val_set(self.cache_dir, self.cfg.data)
+        if len(self._val_set["degraded"]) == 0:
             return {}
         g = self.generator_for_inference()
         was_training = g.training
@@ -392,8 +398,6 @@ class Trainer:
         cfg, t, acc = self.cfg, self.cfg.trainer, self.accelerator
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self._last_save_time = time.monotonic()
-        if self.is_main:
-            self._val_set = load_val_set(self.cache_dir, cfg.data)
         loader = make_train_loader(self.cache_dir, cfg.data, acc.process_index, acc.num_processes,
                                    start_index=self.step * t.grad_accum)
         batches = iter(loader)

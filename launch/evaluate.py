@@ -3,6 +3,8 @@
     python launch/evaluate.py --checkpoint runs/demo --data data/demo --json eval.json
     python launch/evaluate.py --checkpoint runs/demo --data cache/demo --json eval.json   # a cache's val split
     python launch/evaluate.py --compare runs/a runs/b --data DIR --json cmp.json --plot cmp.png
+    python launch/evaluate.py --checkpoint runs/cpu --data data/heldout --shifters torchaudio,wsola,librosa \
+        --shift 12 -12 5 -3 0 --plot matrix.png          # shifter x metric matrix on unseen recordings
 
 For every example: metrics of the degraded input and of the enhanced output against the
 clean reference, and the improvement (positive = better). Prints a summary table (mean,
@@ -25,7 +27,10 @@ def main(argv=None) -> int:
     who.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"), help="score two checkpoints, paired")
     p.add_argument("--data", required=True, help="folder of clean recordings, or a preprocessing cache")
     p.add_argument("--degraded-dir", help="folder of the same file names degraded elsewhere (no on-the-fly round trip)")
-    p.add_argument("--shift", type=int, nargs="+", help="shifts to evaluate (default: the training config's)")
+    p.add_argument("--shift", type=int, nargs="+",
+                   help="shifts to evaluate (default: the training config's; with --shifters: 12 -12; 0 = clean input)")
+    p.add_argument("--shifters", help="comma list: degrade --data on the fly with these shifters and print the "
+                                      "shifter x metric matrix (e.g. torchaudio,signalsmith,wsola,librosa,rubberband)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="cache split (default val)")
     p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + installed visqol,pesq,stoi,dnsmos)")
     p.add_argument("--max-seconds", type=float, help="score only the first S seconds of each recording")
@@ -33,7 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--csv", help="write per-example rows here (and <name>_summary.csv beside it)")
-    p.add_argument("--plot", help="PNG of per-example improvements")
+    p.add_argument("--plot", help="PNG of per-example improvements (with --shifters: the matrix as a heat map)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -41,20 +46,23 @@ def main(argv=None) -> int:
     from gan.cache import CacheError
     from gan.checkpoint import CheckpointError
     from gan.config import ConfigError
-    from gan.evaluation import evaluate, format_table, plot_improvements, write_outputs
+    from gan.evaluation import evaluate, format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
     try:
         report = evaluate(args.compare or [args.checkpoint], args.data, shifts=args.shift,
                           degraded_dir=args.degraded_dir, split=args.split,
                           metrics=args.metrics.split(",") if args.metrics else None, max_seconds=args.max_seconds,
-                          chunk_seconds=args.chunk_seconds, device=args.device, progress=not args.quiet)
+                          chunk_seconds=args.chunk_seconds, device=args.device, progress=not args.quiet,
+                          shifters=args.shifters.split(",") if args.shifters else None)
     except (AudioError, CacheError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(report))
+    if "matrix" in report:
+        print(format_matrix(report))
     write_outputs(report, args.json, args.csv)
     if args.plot:
-        plot_improvements(report, args.plot)
+        (plot_matrix if "matrix" in report else plot_improvements)(report, args.plot)
     return 0
 
 

@@ -244,3 +244,51 @@ def test_an_unknown_split_is_a_clear_error(tmp_path, audio_dir):
     path = ensure_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0)
     with pytest.raises(CacheError, match=r"no split 'test'; known: train, val"):
         open_cache(path).split("test")
+
+
+def test_variants_draw_distinct_shifts_per_piece_from_the_range(tmp_path, audio_dir, monkeypatch):
+    monkeypatch.setattr(cache_mod, "PIECE_SECONDS", 0.5)  # several pieces per file
+    shifts = [s for s in range(-12, 13) if s]
+    degrade = DegradeConfig(shifts=shifts, variants=3, shifters={"torchaudio": 1.0, "wsola": 1.0}, n_fft=1024)
+    cfg = DataConfig(audio_dir=str(audio_dir), cache_dir=str(tmp_path / "cache"), val_fraction=0.5, degrade=degrade)
+    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
+    cache = open_cache(cfg.cache_dir)
+    assert cache.variants == 3 and sorted(p.name for p in (tmp_path / "cache" / "train").iterdir()) == [
+        "clean.i16", "variant_0.i16", "variant_1.i16", "variant_2.i16"]
+    items = [it for s in ("train", "val") for it in manifest["splits"][s]["items"]]
+    assert len(items) >= 4
+    drawn = set()
+    for it in items:
+        assert len(set(it["shifts"])) == 3 and set(it["shifts"]) <= set(shifts)
+        assert it["shifts"] == cache_mod.piece_shifts(degrade, it["file"], it["piece"])  # a pure function of the piece
+        drawn |= set(it["shifts"])
+    assert len(drawn) >= 8  # pieces differ
+    part = cache.split("train")
+    it, off, n = part.items[0], part.offsets[0], part.lengths[0]
+    audio, sr = read_audio(audio_dir / it["file"])
+    bounds = cache_mod.piece_bounds(audio.shape[1], sr)[it["piece"]]  # the piece's source frames
+    clean = resample(to_mono(audio[:, bounds[0]: bounds[1]]), sr, 48000)
+    for k, s in enumerate(it["shifts"]):  # variant k is the round trip by the piece's k-th shift
+        ref = round_trip(clean, s, degrade, it["shifters"][str(s)]) * it["gain"]
+        np.testing.assert_allclose(part.degraded[k][off: off + n] / 32767.0, ref, atol=1.5 / 32767)
+
+
+@pytest.mark.parametrize("rel", [f"song{i}.wav" for i in range(8)])
+def test_bandlimit_empties_the_top_band_and_keeps_alignment(rel):
+    x = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
+    y, what = cache_mod.bandlimit(x, rel, 0, seed=0)
+    assert y.shape == x.shape and y.dtype == np.float32
+    power = np.abs(np.fft.rfft(y)) ** 2
+    freqs = np.fft.rfftfreq(len(y), 1 / 48000)
+    assert power[freqs > 21000].sum() < 1e-3 * power.sum(), what  # the top band is empty
+    assert power[freqs < 7000].sum() > 0.2 * power.sum(), what
+    lags = range(-300, 301)
+    corr = [np.dot(y[1000 + lag: 40000 + lag], x[1000:40000]) for lag in lags]
+    assert lags[int(np.argmax(corr))] == 0, what  # no codec delay left
+
+
+def test_bandlimited_pieces_are_training_pieces_only(tmp_path, audio_dir):
+    cfg = make_cfg(tmp_path, audio_dir, bandlimit_fraction=1.0)
+    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
+    assert all("bandlimit" in it for it in manifest["splits"]["train"]["items"])
+    assert not any("bandlimit" in it for it in manifest["splits"]["val"]["items"])

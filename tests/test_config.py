@@ -69,7 +69,7 @@ def test_defaults_and_round_trip(fake_registry, tmp_path):
     ("generator.name=nope", "generator.name: unknown generator 'nope'"),
     ("discriminators.0.periodz=[2]", "discriminators.0.periodz: unknown key"),
     ("discriminators.3.periods=[2]", "discriminators.3 is not an index"),
-    ("trainer.warmup_steps=100", "trainer.warmup_steps: 100 must be >= 0 and shorter"),
+    ("trainer.warmup_steps=-1", "trainer.warmup_steps: -1 must be >= 0"),
     ("data.segment_length=1001", "data.segment_length: 1001 must be a multiple of the generator's total stride"),
     ("trainer.max_steps", "expected key=value"),
 ])

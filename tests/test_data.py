@@ -194,3 +194,28 @@ def test_closing_the_loader_reaps_workers_stuck_in_a_batch(cache, monkeypatch):
     before = set(_zombie_children())
     it.close()
     assert set(_zombie_children()) - before == set()
+
+
+def test_augmentation_scales_pairs_by_one_gain_and_silences_a_share(cache):
+    plain = TrainStream(cache, cfg_for(cache)).batch(3)
+    aug = TrainStream(cache, cfg_for(cache, gain_db=[-20.0, -6.0], silence_fraction=0.25)).batch(3)
+    assert torch.equal(aug["shift"], plain["shift"])
+    silent = (aug["clean"].abs().amax(dim=(1, 2)) == 0) & (aug["degraded"].abs().amax(dim=(1, 2)) == 0)
+    loud = plain["clean"].abs().amax(dim=(1, 2)) > 0
+    assert 8 <= int((silent & loud).sum()) <= 24  # about a quarter of 64
+    for j in torch.nonzero(~silent & loud).flatten().tolist():
+        gain = float(aug["clean"][j].abs().max() / plain["clean"][j].abs().max())
+        assert 10 ** (-20 / 20) - 1e-6 <= gain <= 10 ** (-6 / 20) + 1e-6
+        torch.testing.assert_close(aug["degraded"][j], plain["degraded"][j] * gain, rtol=1e-5, atol=1e-7)
+    assert torch.equal(aug["clean"], TrainStream(cache, cfg_for(cache, gain_db=[-20.0, -6.0],
+                                                                 silence_fraction=0.25)).batch(3)["clean"])
+
+
+def test_quiet_fraction_keeps_a_share_of_quiet_crops(cache):
+    """silent.wav is a fifth of the train audio: redrawn always by default, kept in proportion with quiet_fraction 1."""
+    def silent_share(**kw):
+        stream = TrainStream(cache, cfg_for(cache, silence_db=-60.0, **kw))
+        crops = torch.cat([stream.batch(i)["clean"] for i in range(10)])
+        return float((crops.abs().amax(dim=(1, 2)) == 0).float().mean())
+    assert silent_share() == 0.0
+    assert 0.1 < silent_share(quiet_fraction=1.0) < 0.35

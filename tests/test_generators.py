@@ -239,3 +239,21 @@ def test_shipped_configs_build(config, params, rf):
         g = build_generator(cfg.generator)
     assert g.num_params() == params
     assert g.receptive_field() == rf
+
+
+@pytest.mark.parametrize("cfg", [tiny_dac_unet(residual=True, output_activation="none"),
+                                 tiny_dac_unet(residual=True, patch_size=1, strides=[3, 2]),
+                                 tiny_wavunet(residual=True), tiny_wavunet(residual=True, norm="none")],
+                         ids=["dac_unet", "dac_unet_tanh_nopatch", "wavunet", "wavunet_plain"])
+def test_residual_output_starts_as_the_identity_and_learns(cfg):
+    torch.manual_seed(0)
+    g = build_generator(cfg)
+    x = torch.randn(2, 1, 1001) * 0.3
+    assert torch.equal(g(x), x)  # exactly: the last layer starts at zero
+    opt = torch.optim.Adam(g.parameters(), 1e-2)
+    for _ in range(3):  # the zero layer gets a gradient, then everything upstream does
+        opt.zero_grad()
+        (g(x) - 0.5 * x).square().mean().backward()
+        opt.step()
+    assert not torch.equal(g(x), x)
+    assert sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in g.parameters()) > len(list(g.parameters())) // 2

@@ -128,7 +128,7 @@ def test_chunked_equals_whole_on_30s_file():
     torch.manual_seed(0)
     model = Toy(ToyConfig())
     enh = enhancer(model, ToyConfig(), chunk_seconds=2.0, batch_size=3)
-    x = torch.randn(1, 30 * 48000) * 0.3
+    x = (torch.randn(1, 30 * 48000) * 0.3).clamp(-0.9, 0.9)  # inside the training range: no level scaling
     with torch.inference_mode():
         whole = model(x[None])[0]
     assert rel_db(enh.enhance(x), whole) < -60
@@ -143,7 +143,7 @@ def test_chunked_equals_whole_dac_unet():
     enh = enhancer(model, cfg, chunk_seconds=1600 / 48000, batch_size=2)
     assert model.receptive_field() // 2 <= enh.context < model.receptive_field() and enh.context % 16 == 0
     assert enh.hop == 1600 and enh.context < 2 * enh.hop  # so windows 2 and 3 are interior (and batched)
-    x = torch.randn(1, 6 * 1600 + 77) * 0.3  # 7 windows
+    x = (torch.randn(1, 6 * 1600 + 77) * 0.3).clamp(-0.9, 0.9)  # 7 windows, inside the training range
     with torch.inference_mode():
         whole = model(x[:, None])[:, 0]
     assert rel_db(enh.enhance(x), whole) < -60
@@ -349,3 +349,29 @@ def test_a_file_truncated_mid_stream_is_one_error_and_the_others_are_still_clean
     err = capsys.readouterr().err.splitlines()
     assert sum("bad.flac: failed after" in line for line in err) == 1 and "1 of 2 files failed" in err[-1]
     assert sf.info(str(tmp_path / "out" / "good.wav")).frames == 96000
+
+
+def test_hot_input_keeps_its_level_and_says_so(tmp_path, monkeypatch, capsys):
+    """A float file above full scale is scaled into the training range for the model and back: no silent squash."""
+    seen = []
+
+    def saturating(self, x):  # a model that only works inside [-1, 1], as a tanh-output generator
+        seen.append(float(x.abs().max()))
+        return x.clamp(-1.0, 1.0)
+
+    monkeypatch.setattr(Toy, "forward", saturating)
+    t = np.arange(48000) / 48000
+    for peak_db in (4.0, 16.0):
+        x = (10 ** (peak_db / 20) * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        sf.write(tmp_path / f"hot{peak_db:.0f}.wav", x, 48000, subtype="FLOAT")
+        enh = enhancer(Toy(ToyConfig()), ToyConfig())
+        seen.clear()
+        out = enh.enhance_file(tmp_path / f"hot{peak_db:.0f}.wav", tmp_path / "out" / f"hot{peak_db:.0f}.wav",
+                               progress=False)
+        y, _ = sf.read(out, dtype="float32")
+        assert abs(20 * np.log10(np.abs(y).max() / np.abs(x).max())) < 0.5
+        assert max(seen) <= 0.99 + 1e-6
+        assert f"peaks at +{peak_db:.1f} dBFS; scaled by" in capsys.readouterr().err
+    quiet = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # in range: untouched, no note
+    np.testing.assert_array_equal(enhancer(Toy(ToyConfig()), ToyConfig()).enhance(quiet).numpy(), quiet)
+    assert "peaks at" not in capsys.readouterr().err

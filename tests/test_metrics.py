@@ -186,3 +186,54 @@ def test_visqol_and_dnsmos_rank_clean_above_noisy():
     same, noisy = suite.score(x, x), suite.score(x, x + noise(len(x), seed=7, scale=0.1))
     assert same["visqol"] > 4.0 and noisy["visqol"] < same["visqol"] - 0.5
     assert 1.0 <= noisy["dnsmos"] <= 5.0 and 1.0 <= same["dnsmos"] <= 5.0
+
+
+def tone_folder(path, files=3, seconds=0.5):
+    """Harmonic tones with a decaying envelope (real pitch content for a shifter), 44.1 kHz."""
+    path.mkdir(parents=True)
+    t = np.arange(int(44100 * seconds)) / 44100
+    for i in range(files):
+        f0 = 180.0 * (1 + i)
+        x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6)) * np.exp(-2 * t) * 0.2
+        sf.write(path / f"tone{i}.wav", x.astype(np.float32), 44100)
+    return path
+
+
+def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_path, capsys, registry):  # noqa: F811
+    from gan.evaluation import evaluate, format_matrix, plot_matrix
+
+    write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
+                                      "residual": True, "output_activation": "none"})  # untrained: the identity
+    data = tone_folder(tmp_path / "clean")
+    sf.write(data / "silent.wav", np.zeros(22050, np.float32), 44100)
+    sf.write(data / "empty.wav", np.zeros((0, 1), np.float32), 44100)
+    report = evaluate([tmp_path / "a"], data, shifts=[12, 0], shifters=["torchaudio", "wsola"],
+                      metrics=["lsd", "mel"], progress=False)
+    err = capsys.readouterr().err
+    assert "note: silent.wav: silent" in err and "note: empty.wav: empty; skipped" in err
+    assert {r["file"] for r in report["rows"]} == {"tone0.wav", "tone1.wav", "tone2.wav"}
+    cells = {(c["shifter"], c["shift"]): c for c in report["matrix"]["A"]}
+    assert set(cells) == {("torchaudio", "+12"), ("wsola", "+12"), ("none", "0")}
+    assert cells[("torchaudio", "+12")]["trained"] and not cells[("wsola", "+12")]["trained"]  # config mix: torchaudio
+    for cell in cells.values():
+        assert cell["n"] == 3
+        for m in ("lsd", "mel"):
+            v = cell["metrics"][m]
+            assert v["enhanced"] == pytest.approx(v["degraded"], abs=1e-6)  # the identity changes nothing
+    assert cells[("torchaudio", "+12")]["metrics"]["mel"]["degraded"] > 0.1
+    assert cells[("none", "0")]["metrics"]["mel"]["degraded"] == 0.0
+    text = format_matrix(report)
+    assert "wsola*" in text and "torchaudio " in text and "abs" in text
+    plot_matrix(report, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_one_sided_p_values_say_better_or_worse():
+    from gan.evaluation import one_sided_p
+
+    deg = np.linspace(1.0, 2.0, 10)
+    better, worse = one_sided_p(deg, deg - 0.1, higher_is_better=False)  # every distance shrinks
+    assert better < 0.01 and worse > 0.99
+    better, worse = one_sided_p(deg, deg + 0.1, higher_is_better=False)
+    assert better > 0.99 and worse < 0.01
+    assert all(math.isnan(p) for p in one_sided_p(deg, deg, higher_is_better=False))
