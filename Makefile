@@ -11,7 +11,7 @@ DEEPSPEED := 'deepspeed>=0.19,<0.20' 'transformers>=4.46'
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,metrics]'
+	$(PY) -m pip install --quiet -e '.[dev,metrics,gpl]'
 	$(PY) -m pip install --quiet --no-build-isolation $(DEEPSPEED)
 	touch $(STAMP)
 

@@ -108,6 +108,7 @@ class LossWeights:
     mel: float = 15.0
     l1: float = 0.0
     mrstft: float = 0.0
+    lsd: float = 0.0  # multi-resolution log-spectral distance (gan.losses.LogSpectralLoss)
     feat: float = 2.0
     adv: float = 1.0
 
@@ -134,6 +135,7 @@ class LossConfig:
     gan: Literal["lsgan", "hinge"] = "lsgan"
     mel: MelLossConfig = field(default_factory=MelLossConfig)
     mrstft_fft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128])
+    lsd_fft_sizes: list[int] = field(default_factory=lambda: [2048, 512])
 
 
 @dataclass

@@ -199,6 +199,37 @@ class MRSTFTLoss(nn.Module):
             return self.loss(est.float(), ref.float())
 
 
+class LogSpectralLoss(nn.Module):
+    """Multi-resolution log-spectral distance: ``(B, C, T) x2 -> scalar``.
+
+    Per resolution n (Hann window n, hop n / 4, unnormalised as ``gan.metrics.lsd``): the
+    mean over frames of ``sqrt(mean_f (log10 P_ref - log10 P_est)^2)``, powers floored at
+    ``floor`` (1e-10, as the metric); the mean over resolutions. Unlike the mel loss
+    (magnitude floor 1e-5 on mel bands) and auraloss' log magnitude (power floor 1e-8), it
+    sees every linear-frequency bin down to the metric's floor: noise a model adds to an
+    empty band or a quiet passage. LSD as in Gray & Markel (1976); at one resolution of
+    2048 it equals ``gan.metrics.log_spectral_distance`` (tested).
+    """
+
+    def __init__(self, fft_sizes: list[int], floor: float = 1e-10, eps: float = 1e-8):
+        super().__init__()
+        self.fft_sizes, self.floor, self.eps = list(fft_sizes), floor, eps
+        for n in self.fft_sizes:
+            self.register_buffer(f"window_{n}", torch.hann_window(n), persistent=False)
+
+    def forward(self, est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=est.device.type, enabled=False):
+            est, ref = est.float().reshape(-1, est.shape[-1]), ref.float().reshape(-1, ref.shape[-1])  # (B*C, T)
+            total = est.new_zeros(())
+            for n in self.fft_sizes:
+                window = getattr(self, f"window_{n}")
+                power = [torch.stft(x, n, n // 4, window=window, return_complex=True).abs().square()
+                         for x in (est, ref)]  # (B*C, n // 2 + 1, frames)
+                diff = torch.log10(power[1].clamp_min(self.floor)) - torch.log10(power[0].clamp_min(self.floor))
+                total = total + (diff.square().mean(dim=1) + self.eps).sqrt().mean()
+            return total / len(self.fft_sizes)
+
+
 def si_sdr(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale-invariant SDR in dB per example: (B, ...) x2 -> (B,), zero-mean signals.
 
@@ -220,7 +251,7 @@ def si_sdr_loss(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torc
 
 
 class GeneratorReconstruction(nn.Module):
-    """The weighted reconstruction terms of the generator loss (``mel``, ``l1``, ``mrstft``).
+    """The weighted reconstruction terms of the generator loss (``mel``, ``l1``, ``mrstft``, ``lsd``).
 
     A term whose weight is 0 is neither built nor computed. ``forward(est, ref)`` with
     (B, 1, T) tensors returns ``(total, terms)``: ``total`` = sum of weight * term (a
@@ -230,12 +261,13 @@ class GeneratorReconstruction(nn.Module):
 
     def __init__(self, loss_cfg: LossConfig, weights: LossWeights, sample_rate: int = 48000):
         super().__init__()
-        self.weights = {"mel": weights.mel, "l1": weights.l1, "mrstft": weights.mrstft}
+        self.weights = {"mel": weights.mel, "l1": weights.l1, "mrstft": weights.mrstft, "lsd": weights.lsd}
         self.mel = MultiScaleMelLoss(loss_cfg.mel, sample_rate) if weights.mel else None
         self.mrstft = MRSTFTLoss(loss_cfg.mrstft_fft_sizes) if weights.mrstft else None
+        self.lsd = LogSpectralLoss(loss_cfg.lsd_fft_sizes) if weights.lsd else None
 
     def forward(self, est: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fns = {"mel": self.mel, "l1": l1_loss, "mrstft": self.mrstft}
+        fns = {"mel": self.mel, "l1": l1_loss, "mrstft": self.mrstft, "lsd": self.lsd}
         total = est.new_zeros((), dtype=torch.float32)
         terms = {}
         for name, weight in self.weights.items():

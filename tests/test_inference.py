@@ -136,10 +136,15 @@ def test_chunked_equals_whole_on_30s_file():
     assert rel_db(enh.enhance(x[:, :4 * 48000]), whole[:, :4 * 48000]) > -60
 
 
-def test_chunked_equals_whole_dac_unet():
+@pytest.mark.parametrize("gain_path", [False, True])
+def test_chunked_equals_whole_dac_unet(gain_path):
     torch.manual_seed(0)
-    cfg = tiny_dac_unet()
+    cfg = tiny_dac_unet(residual=gain_path, gain_path=gain_path)
     model = generators.build_generator(cfg)
+    if gain_path:  # leave the zero start: a gain envelope that varies, and a correction
+        with torch.no_grad():
+            for p in (model.gain_head.parametrizations.weight.original0, model.head[1].parametrizations.weight.original0):
+                p.fill_(0.5)
     enh = enhancer(model, cfg, chunk_seconds=1600 / 48000, batch_size=2)
     assert model.receptive_field() // 2 <= enh.context < model.receptive_field() and enh.context % 16 == 0
     assert enh.hop == 1600 and enh.context < 2 * enh.hop  # so windows 2 and 3 are interior (and batched)
