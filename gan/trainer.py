@@ -117,7 +117,7 @@ class Trainer:
             )
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint
         self.log = RunLogger(self.run_dir / "tb", enabled=self.is_main, sample_rate=cfg.data.sample_rate,
-                             purge_step=self.step if resume is not None else None)
+                             purge_step=self.step + 1 if resume is not None else None)  # keeps the checkpoint step's own logs
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -133,6 +133,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "nonfinite": dict(self.nonfinite),
             "skipped_total": dict(self.skipped_total),
+            "val_references_logged": self._logged_references,
             "model_config": {"generator": to_dict(self.cfg.generator),
                              "discriminators": to_dict(self.cfg.discriminators)},
             "optimizers": [self.cfg.optim.generator.name, self.cfg.optim.discriminator.name],
@@ -147,6 +148,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.nonfinite = dict(state["nonfinite"])
         self.skipped_total = dict(state["skipped_total"])
+        # checkpoints written before this key: a validation (which logs the references) ran by step val_every
+        self._logged_references = state.get("val_references_logged", self.step >= self.cfg.trainer.val_every)
 
     def _check_compatible(self, state: dict, path: Path) -> None:
         mine = {"generator": to_dict(self.cfg.generator), "discriminators": to_dict(self.cfg.discriminators)}
@@ -423,7 +426,7 @@ class Trainer:
                     bar.set_postfix(stage=stage_at(self.step - 1, t.warmup_steps)[:3],
                                     g=f"{logs['train/g/total']:.3f}",
                                     mel=f"{logs.get('train/g/mel', float('nan')):.3f}")
-                if self.step % t.val_every == 0:
+                if self.step % t.val_every == 0 or self.step == t.max_steps:  # a short run validates at its end
                     self.validate()
                 timed = (time.monotonic() - self._last_save_time) / 60 >= t.save_every_minutes
                 stop, timed = self._agree(self._stop_requested, timed)

@@ -272,3 +272,47 @@ def test_logged_lr_is_the_one_the_step_used(tiny_data, tmp_path):
     logs = tr.train_step([batch])
     assert logs["train/lr/g"] == pytest.approx(tr.cfg.optim.generator.lr * 1 / 4)  # step 0 of a 4-step warmup
     tr.close()
+
+
+def _events(tb: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb), size_guidance={"audio": 0, "images": 0, "scalars": 0})
+    ea.Reload()  # applies the purge of a resumed writer
+    tags = ea.Tags()
+    steps = {("scalars", t): [e.step for e in ea.Scalars(t)] for t in tags["scalars"] if not t.startswith("perf/")}
+    steps.update({("audio", t): [e.step for e in ea.Audio(t)] for t in tags["audio"]})
+    steps.update({("images", t): [e.step for e in ea.Images(t)] for t in tags["images"]})
+    return steps
+
+
+def test_tensorboard_of_a_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp_path):
+    tr = make_trainer(tiny_data, tmp_path / "a")
+    tr.train()
+    tr.close()
+    tr = make_trainer(tiny_data, tmp_path / "b", max_steps=3)  # stops at the checkpoint and validation of step 3
+    tr.train()
+    tr.close()
+    tr = make_trainer(tiny_data, tmp_path / "b", resume=tmp_path / "b" / "checkpoints" / "step_000000003")
+    tr.train()
+    tr.close()
+    straight, resumed = _events(tmp_path / "a" / "tb"), _events(tmp_path / "b" / "tb")
+    assert straight[("scalars", "val/mel_distance")] == [3, 6]
+    assert resumed == straight
+
+
+def test_generator_pretraining_then_adversarial_continuation_equals_one_run(tiny_data, tmp_path):
+    """A generator-only run (max_steps <= warmup_steps) continued with a larger max_steps equals one straight run."""
+    tr = make_trainer(tiny_data, tmp_path / "a")  # 3 generator-only + 3 adversarial steps
+    tr.train()
+    tr.close()
+    tr = make_trainer(tiny_data, tmp_path / "b", max_steps=3)  # pretraining only: D never steps
+    d0 = params(tr.D)
+    tr.train()
+    assert not changed(d0, tr.D)
+    tr.close()
+    tr = make_trainer(tiny_data, tmp_path / "b", resume=tmp_path / "b" / "checkpoints" / "step_000000003")
+    tr.train()
+    tr.close()
+    assert_same_weights(tmp_path / "a" / "checkpoints" / "step_000000006",
+                        tmp_path / "b" / "checkpoints" / "step_000000006")
