@@ -93,11 +93,7 @@ class DacUNet(Generator):
             self.zero_output(self.head[1])
         self.gain_head = None
         if cfg.gain_path:
-            self.gain_head = WNConv1d(widths[-1], 1, kernel_size=3, padding=1)
-            self.zero_output(self.gain_head)
-            n = cfg.total_stride
-            tri = torch.cat([torch.arange(1, n + 1), torch.arange(n - 1, 0, -1)]).float() / n**2  # sums to 1
-            self.register_buffer("gain_smoothing", tri.view(1, 1, -1), persistent=False)  # (1, 1, 2n - 1)
+            self.build_gain_path(widths[-1], WNConv1d(widths[-1], 1, kernel_size=3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         batch, _, length = x.shape
@@ -110,7 +106,7 @@ class DacUNet(Generator):
             h, skip = down.forward_with_skip(h)  # (B, C_i, L_i) -> (B, C_i+1, L_i / s_i)
             skips.append(skip if self.cfg.skip != "none" else None)
         h = self.bottleneck(h)
-        gain = self._gain(h, x.shape[-1] + (-length % self.cfg.total_stride)) if self.gain_head is not None else None
+        gain = self.gain_envelope(h) if self.gain_head is not None else None  # (B, 1, T')
         for up, skip in zip(reversed(self.ups), reversed(skips)):
             h = up(h, skip)  # (B, C_i+1, L_i+1) -> (B, C_i, L_i+1 * s_i)
         h = self.head(h)  # -> (B, P, L0)
@@ -121,12 +117,6 @@ class DacUNet(Generator):
             return x * (1 + gain[..., :length]) + y
         return x + y if self.cfg.residual else y
 
-    def _gain(self, bottom: torch.Tensor, padded: int) -> torch.Tensor:
-        """Bottleneck ``(B, C_n, T' / S)`` -> gain envelope ``(B, 1, T')``, piecewise linear between frames."""
-        n = self.cfg.total_stride
-        a = torch.repeat_interleave(self.gain_head(bottom), n, dim=-1)  # (B, 1, T'): each frame held n samples
-        a = F.pad(a, (n - 1, n - 1), mode="replicate")
-        return F.conv1d(a, self.gain_smoothing.to(a.dtype))  # triangular smoothing -> (B, 1, T')
 
     def _level_span(self, i: int, s: Span) -> Span:
         """Span on DownBlock i's input of a span on UpBlock i's output."""
@@ -154,8 +144,6 @@ class DacUNet(Generator):
         s = conv_span(repeat_span(s, p), 7, 1, 3)  # un-patch, head conv
         s = self._level_span(0, s)
         s = patch_span(conv_span(s, 7, 1, 3), p)  # stem conv, patch
-        if self.gain_head is not None:  # smoothing (2n - 1 taps, centred), hold, conv k3 on the bottleneck
-            n = self.cfg.total_stride
-            frames = conv_span(repeat_span(conv_span(out, 2 * n - 1, 1, n - 1), n), 3, 1, 1)
-            s = union(s, self._bottleneck_span(frames))
+        if self.gain_head is not None:
+            s = union(s, self._bottleneck_span(self.gain_frames_span(out)))
         return s

@@ -5,7 +5,7 @@
       -> level i:  skip_i = h; h = ResBlock(W_i) -> conv k=s stride s (W_i+1)
       -> bottom:   ResBlock(W_n)
       -> level i:  h = nearest x s -> conv 1x1 (W_i) -> ResBlock(W_i) -> conv 1x1 over cat(skip_i, h)
-      -> conv k5 (1) -> crop -> (B, 1, T)
+      -> conv k5 (1) -> crop -> [residual: + x, or with gain_path x (1 + a) +] -> (B, 1, T)
 
 A ResBlock is ``depth`` residual layers ``h + conv_k(LeakyReLU(h))``. HiFi++ uses widths
 10, 20, 40, 80, depth 4, kernel 5, scale 4 at 16-22 kHz; configs/gan_wavunet.yaml
@@ -36,12 +36,15 @@ class WavUNetConfig:
     norm: Literal["weight", "none"] = "weight"
     output_activation: Literal["tanh", "none"] = "none"  # on the output, or on the correction when residual
     residual: bool = False  # y = x + G(x), last conv zero-initialised: an untrained model is the identity
+    gain_path: bool = False  # residual only: y = x (1 + a) + G(x), a smooth gain envelope from the bottom level
 
     def __post_init__(self):
         if len(self.widths) < 2 or any(w < 1 for w in self.widths):
             raise ValueError(f"widths: {self.widths}: needs >= 2 positive widths")
         if self.depth < 1 or self.kernel_size % 2 == 0 or self.scale < 2:
             raise ValueError("depth / kernel_size / scale: need depth >= 1, an odd kernel, scale >= 2")
+        if self.gain_path and not self.residual:
+            raise ValueError("gain_path: needs residual: true (the gain scales the input that is passed through)")
 
     @property
     def total_stride(self) -> int:
@@ -95,6 +98,9 @@ class WavUNet(Generator):
         self.head = _conv(cfg, w[0], 1, k, padding=k // 2)
         if cfg.residual:
             self.zero_output(self.head)
+        self.gain_head = None
+        if cfg.gain_path:  # see generators/base.py
+            self.build_gain_path(w[n], _conv(cfg, w[n], 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         length = x.shape[-1]
@@ -104,12 +110,15 @@ class WavUNet(Generator):
             skips.append(h)
             h = down(enc(h))  # (B, W_i, L) -> (B, W_i+1, L / s)
         h = self.bottom(h)
+        gain = self.gain_envelope(h) if self.gain_head is not None else None  # (B, 1, T')
         for i in reversed(range(len(self.ups))):
             h = self.dec[i](self.ups[i](h))  # (B, W_i+1, L) -> (B, W_i, L * s)
             h = self.merges[i](torch.cat([skips[i], h], dim=1))  # (B, 2 W_i, L s) -> (B, W_i, L s)
         h = self.head(h)
         if self.cfg.output_activation == "tanh":
             h = torch.tanh(h)
+        if gain is not None:
+            return x * (1 + gain[..., :length]) + h[..., :length]
         return x + h[..., :length] if self.cfg.residual else h[..., :length]
 
     def _level_span(self, i: int, s: Span) -> Span:
@@ -122,7 +131,19 @@ class WavUNet(Generator):
         deep = conv_span(deep, self.cfg.scale, self.cfg.scale)  # strided down conv
         return union(self.enc[i].span(deep), s)
 
+    def _bottom_span(self, s: Span) -> Span:
+        """Span on the input of a span on the bottom ResBlock's output."""
+        s = self.bottom.span(s)
+        for i in reversed(range(len(self.enc))):
+            s = self.enc[i].span(conv_span(s, self.cfg.scale, self.cfg.scale))
+        k = self.cfg.kernel_size
+        return conv_span(s, k, 1, k // 2)
+
     def input_span(self, s: Span) -> Span:
         k = self.cfg.kernel_size
+        out = s
         s = self._level_span(0, conv_span(s, k, 1, k // 2))
-        return conv_span(s, k, 1, k // 2)
+        s = conv_span(s, k, 1, k // 2)
+        if self.gain_head is not None:
+            s = union(s, self._bottom_span(self.gain_frames_span(out)))
+        return s

@@ -244,8 +244,8 @@ def test_shipped_configs_build(config, params, rf):
 @pytest.mark.parametrize("cfg", [tiny_dac_unet(residual=True, output_activation="none"),
                                  tiny_dac_unet(residual=True, output_activation="none", gain_path=True),
                                  tiny_dac_unet(residual=True, patch_size=1, strides=[3, 2]),
-                                 tiny_wavunet(residual=True), tiny_wavunet(residual=True, norm="none")],
-                         ids=["dac_unet", "dac_unet_gain", "dac_unet_tanh_nopatch", "wavunet", "wavunet_plain"])
+                                 tiny_wavunet(residual=True), tiny_wavunet(residual=True, norm="none", gain_path=True)],
+                         ids=["dac_unet", "dac_unet_gain", "dac_unet_tanh_nopatch", "wavunet", "wavunet_plain_gain"])
 def test_residual_output_starts_as_the_identity_and_learns(cfg):
     torch.manual_seed(0)
     g = build_generator(cfg)

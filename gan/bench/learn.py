@@ -1,0 +1,79 @@
+"""Learning speed: how much a config's generator restores unseen recordings after N generator-only steps.
+
+Trains ``--config`` (with ``--set`` overrides) for ``--steps`` generator-only steps and,
+every ``--every`` steps, scores its EMA generator on clean recordings it never saw
+(``--heldout``, first ``--seconds`` of each), round-tripped by each of ``--shifters``
+and ``--shift``: the relative improvement of the mean mel distance, LSD and MR-STFT
+distance per (shifter, shift), in % (positive = closer to the clean reference). The
+quick probe behind the experiments table; ``launch/evaluate.py --shifters`` gives the
+full matrix with significance for a finished run.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+IN_ALL = False  # minutes of training: `bench.py all` leaves it out
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="cpu", help="config name or path (default: cpu)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--every", type=int, default=300)
+    p.add_argument("--heldout", default="data/heldout", help="folder of clean recordings the run never sees")
+    p.add_argument("--shifters", default="torchaudio,wsola,librosa,rubberband")
+    p.add_argument("--shift", type=int, nargs="+", default=[12, -5])
+    p.add_argument("--seconds", type=float, default=4.0)
+
+
+def _score(g: torch.nn.Module, examples: list, fns: dict) -> dict:
+    sums: dict[tuple, list] = {}
+    with torch.no_grad():
+        for ex in examples:
+            clean, degraded = (torch.from_numpy(a)[None, None] for a in (ex.clean, ex.degraded))
+            enhanced = g(degraded)
+            for name, fn in fns.items():
+                sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append(
+                    (float(fn(degraded, clean)), float(fn(enhanced, clean))))
+    out: dict[str, dict] = {}
+    for (tag, name), pairs in sums.items():
+        a = np.asarray(pairs)
+        out.setdefault(tag, {})[name] = round(100 * (a[:, 0].mean() - a[:, 1].mean()) / a[:, 0].mean(), 2)
+    return out
+
+
+def run(args) -> dict:
+    from gan.config import MelLossConfig, load_config
+    from gan.data import make_train_loader
+    from gan.evaluation import shifter_examples
+    from gan.losses import LogSpectralLoss, MRSTFTLoss, MultiScaleMelLoss
+    from gan.trainer import WARMUP, Trainer
+
+    cfg = load_config(args.config, [*args.overrides, f"trainer.max_steps={args.steps}"])
+    examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,
+                                     args.seconds))
+    fns = {"mel": MultiScaleMelLoss(MelLossConfig()), "lsd": LogSpectralLoss([2048], eps=0.0),
+           "mrstft": MRSTFTLoss([2048, 1024, 512, 256, 128])}  # the metrics of gan.metrics
+    out = {"config": args.config, "overrides": args.overrides, "heldout": args.heldout,
+           "examples": len(examples), "curve": {}}
+    torch.manual_seed(cfg.trainer.seed)
+    with tempfile.TemporaryDirectory() as run_dir:
+        tr = Trainer(cfg, run_dir, progress=False)
+        batches = iter(make_train_loader(tr.cache_dir, cfg.data, 0, 1))
+        start = time.perf_counter()
+        for i in range(args.steps):
+            tr.train_step(tr.next_micro_batches(batches), stage=WARMUP)
+            tr.step += 1
+            if (i + 1) % args.every == 0 or i + 1 == args.steps:
+                g = tr.generator_for_inference()
+                was = g.training
+                g.eval()
+                out["curve"][i + 1] = _score(g, examples, fns)
+                g.train(was)
+        out["train_seconds"] = round(time.perf_counter() - start, 1)
+        tr.close()
+    return out
