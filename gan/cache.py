@@ -41,7 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
-from gan.config import DataConfig, DegradeConfig, config_hash, to_dict
+from gan.config import ConfigError, DataConfig, DegradeConfig, config_hash, to_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 from gan.errors import first_line
 
@@ -192,6 +192,9 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
     ``CacheError`` when ``data.on_stale_cache`` is ``error``. ``num_workers``: worker
     processes (None: all cores; 0: in this process).
     """
+    if data_cfg.audio_dir.startswith("<"):
+        raise ConfigError(f"data.audio_dir: {data_cfg.audio_dir} is a placeholder; point it at your folder of "
+                          "recordings, e.g. --set data.audio_dir=/path/to/music")
     path = Path(data_cfg.cache_dir)
     status = cache_status(data_cfg)
     if status == "ok" and not rebuild:

@@ -292,3 +292,13 @@ def test_bandlimited_pieces_are_training_pieces_only(tmp_path, audio_dir):
     manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
     assert all("bandlimit" in it for it in manifest["splits"]["train"]["items"])
     assert not any("bandlimit" in it for it in manifest["splits"]["val"]["items"])
+
+
+@pytest.mark.parametrize("name", ["gan_dac", "gan_wavunet"])
+def test_production_configs_require_an_audio_folder(name, tmp_path):
+    from gan.config import ConfigError, load_config
+
+    cfg = load_config(name, [f"data.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(ConfigError, match=r"^data\.audio_dir: <your music folder> is a placeholder; .*--set data\.audio_dir="):
+        ensure_cache(cfg.data, progress=False)
+    assert not (tmp_path / "cache").exists()
