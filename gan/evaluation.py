@@ -220,6 +220,37 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     return report
 
 
+def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
+    """What a model does to silence and level, in dB: the figures "never worse" needs.
+
+    - ``silence_out_dbfs``: RMS of the output for 2 s of digital silence (want < -60);
+    - ``noise_floor_out_dbfs``: RMS of the output for 2 s of white noise at -80 dBFS RMS;
+    - ``hot_peak_change_db``: peak of the output minus peak of the input for a recording
+      scaled to peak at +4 dBFS (a float file above full scale; want within 0.5 dB), the first
+      file of ``data_dir`` (else a 440 Hz tone with harmonics).
+    """
+    rng = np.random.default_rng(0)
+    n = 2 * RATE
+
+    def rms_db(y) -> float:
+        return 10 * math.log10(float(np.mean(np.square(np.asarray(y, np.float64)))) + 1e-30)
+
+    out = {"silence_out_dbfs": rms_db(enhancer.enhance(np.zeros(n, np.float32))),
+           "noise_floor_out_dbfs": rms_db(enhancer.enhance(
+               (rng.standard_normal(n) * 10 ** (-80 / 20)).astype(np.float32)))}
+    files = find_audio_files(data_dir) if data_dir is not None and Path(data_dir).is_dir() else []
+    if files:
+        x = _mono48(files[0], 10.0)
+    else:
+        t = np.arange(n) / RATE
+        x = sum(np.sin(2 * np.pi * 440 * k * t) / k for k in range(1, 6)).astype(np.float32)
+    x = (x * (10 ** (4 / 20) / np.abs(x).max())).astype(np.float32)  # peak +4 dBFS
+    y = np.asarray(enhancer.enhance(x))
+    out["hot_peak_change_db"] = 20 * math.log10(float(np.abs(y).max()) / float(np.abs(x).max()))
+    out["hot_source"] = files[0].name if files else "tone"
+    return out
+
+
 def loaded_mix(loaded) -> list[str]:
     """The shifters a checkpoint trained on (positive weight in its config)."""
     return sorted(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0)

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--csv", help="write per-example rows here (and <name>_summary.csv beside it)")
     p.add_argument("--plot", help="PNG of per-example improvements (with --shifters: the matrix as a heat map)")
+    p.add_argument("--level-checks", action="store_true",
+                   help="also print what the model does to digital silence, a -80 dBFS noise floor and a "
+                        "+4 dBFS float input (dB)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -60,6 +63,17 @@ def main(argv=None) -> int:
     print(format_table(report))
     if "matrix" in report:
         print(format_matrix(report))
+    if args.level_checks:
+        from gan.evaluation import level_checks
+        from gan.inference import Enhancer, load_generator
+
+        for label, info in report["checkpoints"].items():
+            checks = level_checks(Enhancer(load_generator(info["path"]), chunk_seconds=args.chunk_seconds,
+                                           device=args.device), args.data)
+            report.setdefault("level_checks", {})[label] = checks
+            print(f"level checks {label}: digital silence -> {checks['silence_out_dbfs']:.1f} dBFS RMS; "
+                  f"-80 dBFS noise -> {checks['noise_floor_out_dbfs']:.1f} dBFS RMS; +4 dBFS peak "
+                  f"({checks['hot_source']}) -> {checks['hot_peak_change_db']:+.2f} dB")
     write_outputs(report, args.json, args.csv)
     if args.plot:
         (plot_matrix if "matrix" in report else plot_improvements)(report, args.plot)

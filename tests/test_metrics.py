@@ -237,3 +237,14 @@ def test_one_sided_p_values_say_better_or_worse():
     better, worse = one_sided_p(deg, deg + 0.1, higher_is_better=False)
     assert better > 0.99 and worse < 0.01
     assert all(math.isnan(p) for p in one_sided_p(deg, deg, higher_is_better=False))
+
+
+def test_level_checks_of_the_identity(tmp_path, registry):  # noqa: F811
+    from gan.evaluation import level_checks
+    from gan.inference import Enhancer, load_generator
+
+    write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
+                                      "residual": True, "output_activation": "none"})
+    checks = level_checks(Enhancer(load_generator(tmp_path / "a"), device="cpu"), tone_folder(tmp_path / "clean"))
+    assert checks["silence_out_dbfs"] < -200 and abs(checks["noise_floor_out_dbfs"] + 80) < 0.2
+    assert abs(checks["hot_peak_change_db"]) < 1e-3 and checks["hot_source"] == "tone0.wav"
