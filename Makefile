@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(PY) launch/train.py --config demo --resume auto
-	$(PY) launch/enhance.py --checkpoint runs/demo --shift 12 -o runs/demo/enhanced data/demo/guit_em9.flac
+	$(PY) launch/enhance.py --checkpoint runs/demo --shift 5 --write-shifted -o runs/demo/enhanced data/demo/guit_e_slide.flac
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir runs/demo/tb"
 
 test: $(STAMP)

@@ -247,6 +247,16 @@ def _get(shifter: str) -> Callable:
     return SHIFTERS[shifter]
 
 
+def _shift(fn: Callable, x: torch.Tensor, rate: int, semitones: float, cfg: DegradeConfig) -> torch.Tensor:
+    """``fn`` on ``(C, T)``; a signal shorter than four FFT frames is zero-padded for it and cropped back
+    (an STFT cannot reflect-pad a signal shorter than half its window), so every length works."""
+    length = x.shape[-1]
+    short = 4 * cfg.n_fft - length
+    if short > 0:
+        return fn(torch.nn.functional.pad(x, (0, short)), rate, semitones, cfg)[..., :length]
+    return fn(x, rate, semitones, cfg)
+
+
 def apply_shift(x, sample_rate: int, shift: float, cfg: DegradeConfig, shifter: str = "torchaudio"):
     """Pitch-shift once by ``shift`` semitones at any rate; same shape, length, type and rate.
 
@@ -260,7 +270,7 @@ def apply_shift(x, sample_rate: int, shift: float, cfg: DegradeConfig, shifter: 
         return _back(t.clone(), x, is_np, was_1d)
     work = work_rate(sample_rate, cfg)
     with torch.no_grad():
-        y = fn(_resample(t, sample_rate, work), work, shift, cfg)
+        y = _shift(fn, _resample(t, sample_rate, work), work, shift, cfg)
         y = _fit_length(_resample(y, work, sample_rate), length)
     return _back(y, x, is_np, was_1d)
 
@@ -278,6 +288,6 @@ def round_trip(x, shift: int, cfg: DegradeConfig, shifter: str = "torchaudio"):
     work = work_rate(MODEL_RATE, cfg)
     with torch.no_grad():
         up = _resample(t, MODEL_RATE, work)  # (C, T) -> (C, T * work / 48000)
-        y = fn(fn(up, work, shift, cfg), work, -shift, cfg)
+        y = _shift(fn, _shift(fn, up, work, shift, cfg), work, -shift, cfg)
         y = _fit_length(_resample(y, work, MODEL_RATE), length)
     return _back(y, x, is_np, was_1d)

@@ -302,7 +302,7 @@ class Enhancer:
         return y[0] if squeeze else y
 
     def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
-                  progress=None, gain: float = 1.0) -> Iterator[torch.Tensor]:
+                  progress=None, gain: float = 1.0, clean: bool = True) -> Iterator[torch.Tensor]:
         if gain != 1.0:
             blocks = (b * gain for b in blocks)
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
@@ -317,7 +317,9 @@ class Enhancer:
 
                 whole = torch.cat(list(x48), dim=-1) if n48 else torch.zeros(channels, 0)  # (C, n48)
                 x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))
-        if chunked:
+        if not clean:  # the shifted input alone (for A/B listening against the cleaned file)
+            y48 = x48
+        elif chunked:
             y48 = self.stream(x48, channels, n48, progress)
         else:
             whole = torch.cat(list(x48), dim=-1)
@@ -326,8 +328,12 @@ class Enhancer:
         return out if gain == 1.0 else (y / gain for y in out)
 
     def enhance_file(self, src: str | Path, dst: str | Path, shift: float = 0.0, subtype: str | None = None,
-                     progress: bool = True) -> Path:
-        """Clean one file into ``dst`` (same format and subtype as ``src`` unless given)."""
+                     progress: bool = True, clean: bool = True) -> Path:
+        """Clean one file into ``dst`` (same format and subtype as ``src`` unless given).
+
+        ``clean=False`` writes the file only shifted by ``shift`` (the model is not run).
+        Raises ``AudioError`` for a file that cannot be read or written.
+        """
         src, dst = Path(src), Path(dst)
         if dst.exists() and dst.resolve() == src.resolve():
             raise AudioError(f"{dst}: is the input file; choose another output folder")
@@ -353,7 +359,7 @@ class Enhancer:
                                                                           always_2d=True))
                 written = 0
                 try:
-                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain):
+                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain, clean):
                         y = y[:, : n - written].numpy()
                         fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
                         written += y.shape[-1]

@@ -2,6 +2,8 @@
 
     python launch/enhance.py --checkpoint runs/demo -o out/ song.flac folder/
     python launch/enhance.py --checkpoint runs/demo --shift 3 -o out/ vocal.wav   # shift, then clean
+    python launch/enhance.py --checkpoint runs/demo --shift 3 --write-shifted -o out/ vocal.wav
+        # also out/vocal.shifted.wav: shifted only, to compare with the cleaned out/vocal.wav
 
 Output files keep the input's name, sample rate, channels, format and subtype; folders
 keep their layout under OUT_DIR. An input is never overwritten.
@@ -24,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--shift", type=float, default=0.0, help="pitch-shift by N semitones first (training shifter)")
     p.add_argument("--shifter", default=None, help="shifter for --shift (default: the one the training data used "
                                                   "most; ties: torchaudio)")
+    p.add_argument("--write-shifted", action="store_true",
+                   help="with --shift: also write NAME.shifted.EXT, the shifted file before cleaning (A/B listening)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
     p.add_argument("--context-seconds", type=float, default=None,
                    help="context each side of a chunk (default: the generator's receptive field, seamless)")
@@ -47,6 +51,12 @@ def main(argv=None) -> int:
                             args.shifter)
         print(f"generator {loaded.cfg.generator.name} step {loaded.step}{' (EMA)' if loaded.ema else ''} "
               f"on {enhancer.device}", file=sys.stderr)
+        trained = max(abs(s) for s in loaded.cfg.data.degrade.shifts)
+        if abs(args.shift) > trained:
+            print(f"warning: --shift {args.shift:g} lies outside the shifts this model trained on (up to +-{trained}); "
+                  "expect less restoration", file=sys.stderr)
+        if args.write_shifted and not args.shift:
+            raise ValueError("--write-shifted: needs --shift N (without a shift there is nothing to compare)")
     except (AudioError, CheckpointError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -54,6 +64,11 @@ def main(argv=None) -> int:
     for src, dst in pairs:  # one bad file is reported and the others are still cleaned
         try:
             enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet)
+            if args.write_shifted:
+                shifted = dst.with_name(f"{dst.stem}.shifted{dst.suffix}")
+                enhancer.enhance_file(src, shifted, shift=args.shift, subtype=args.subtype, progress=not args.quiet,
+                                      clean=False)
+                print(shifted)
         except AudioError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1

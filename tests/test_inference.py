@@ -380,3 +380,46 @@ def test_hot_input_keeps_its_level_and_says_so(tmp_path, monkeypatch, capsys):
     quiet = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # in range: untouched, no note
     np.testing.assert_array_equal(enhancer(Toy(ToyConfig()), ToyConfig()).enhance(quiet).numpy(), quiet)
     assert "peaks at" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 16000])
+def test_every_mode_handles_every_length(tmp_path, registry, monkeypatch, rate):
+    """0 samples up: plain, shifted and shifted-only output, each the input's length."""
+    monkeypatch.setattr(Toy, "forward", lambda self, x: x.clone())
+    write_checkpoint(tmp_path / "run", {"name": "toy"})
+    sys.path.insert(0, str(ROOT / "launch"))
+    import enhance
+
+    (tmp_path / "in").mkdir()
+    lengths = [0, 1, 100, 512, 513, 3000]
+    for n in lengths:
+        sf.write(tmp_path / "in" / f"n{n}.wav", (np.random.default_rng(n).standard_normal(n) * 0.1).astype(np.float32),
+                 rate, subtype="FLOAT")
+    for args in ([], ["--shift", "3", "--write-shifted"], ["--shift", "-7"]):
+        out = tmp_path / f"out{len(args)}"
+        assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--quiet", "-o", str(out), *args,
+                             str(tmp_path / "in")]) == 0
+        for n in lengths:
+            names = [f"n{n}.wav"] + ([f"n{n}.shifted.wav"] if "--write-shifted" in args else [])
+            for name in names:
+                y, sr = sf.read(out / "in" / name, dtype="float32")
+                assert sr == rate and len(y) == n, (args, name)
+
+
+def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry, monkeypatch, capsys):
+    monkeypatch.setattr(Toy, "forward", lambda self, x: 0.5 * x)  # "cleaning" halves the level
+    write_checkpoint(tmp_path / "run", {"name": "toy"})
+    sys.path.insert(0, str(ROOT / "launch"))
+    import enhance
+
+    x = (np.random.default_rng(1).standard_normal(48000) * 0.1).astype(np.float32)
+    sf.write(tmp_path / "a.wav", x, 48000, subtype="FLOAT")
+    assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--quiet", "--shift", "30", "--write-shifted",
+                         "-o", str(tmp_path / "out"), str(tmp_path / "a.wav")]) == 0
+    assert "outside the shifts this model trained on" in capsys.readouterr().err
+    cleaned, _ = sf.read(tmp_path / "out" / "a.wav", dtype="float32")
+    shifted, _ = sf.read(tmp_path / "out" / "a.shifted.wav", dtype="float32")
+    np.testing.assert_allclose(cleaned, 0.5 * shifted, atol=1e-6)
+    assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--write-shifted", "-o", str(tmp_path / "o2"),
+                         str(tmp_path / "a.wav")]) == 2
+    assert "--write-shifted: needs --shift" in capsys.readouterr().err
