@@ -12,12 +12,12 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from .errors import first_line
+from .errors import UnshiftError, first_line
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".w64", ".caf"}
 
 
-class AudioError(ValueError):
+class AudioError(UnshiftError, ValueError):
     """A file that cannot be used as audio; the message names the file."""
 
 
@@ -60,5 +60,5 @@ def find_audio_files(folder: str | Path) -> list[Path]:
     """All audio files below ``folder`` (recursive), sorted for determinism."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"audio folder {folder}: not found; point data.audio_dir at a folder of recordings")
+        raise AudioError(f"audio folder {folder}: not found; point data.audio_dir at a folder of recordings")
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

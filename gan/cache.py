@@ -43,7 +43,7 @@ import soundfile as sf
 from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
 from gan.config import ConfigError, DataConfig, DegradeConfig, config_hash, to_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
-from gan.errors import first_line
+from gan.errors import UnshiftError, first_line
 
 FORMAT = 2
 SPLITS = ("train", "val")
@@ -53,7 +53,7 @@ MAX_PEAK = 0.99
 LOWPASS_TAPS = 1023  # band-limiting FIR (Kaiser beta 12): a transition of about 0.5 kHz at 48 kHz
 
 
-class CacheError(RuntimeError):
+class CacheError(UnshiftError, RuntimeError):
     """A missing, incomplete or stale cache; the message says what to do."""
 
 

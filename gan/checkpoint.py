@@ -19,12 +19,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from gan.errors import UnshiftError
 
 STEP_RE = re.compile(r"^step_(\d{9})$")
 LATEST = "latest"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnshiftError, ValueError):
     """A checkpoint that cannot be used; the message names it and what to do."""
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+from gan.errors import UnshiftError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UnshiftError, ValueError):
     """A user-facing configuration error; the message names the dotted key."""
 
 

@@ -98,13 +98,36 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         msg = first_line(e)
         raise CheckpointError(f"checkpoint {weights}: unreadable ({msg}); pick another checkpoint") from None
     model = build_generator(cfg.generator)
+    state = strip_wrapper_prefixes(state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (first: {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (first: {unexpected[0]})"] if unexpected else []
+        raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml: "
+                              f"{', '.join(parts)}")
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
+    except RuntimeError as e:  # same keys, other shapes
+        shape = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), first_line(e))
         raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml "
-                              f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+                              f"({shape[:200]})") from None
     model.eval().requires_grad_(False).to(device)
     return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights)
+
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """Keys saved from a compiled or DDP-wrapped model (``_orig_mod.stem...``) -> the bare model's keys."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
 
 
 def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:

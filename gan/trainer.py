@@ -34,7 +34,7 @@ from .cache import ensure_cache
 from .checkpoint import CheckpointError, CheckpointManager, code_version
 from .config import Config, dump_config, load_config, to_dict
 from .data import load_val_set, make_train_loader
-from .errors import first_line
+from .errors import UnshiftError, first_line
 from .losses import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
 from .optim import build_optimizer, build_scheduler
 from .runlog import RunLogger
@@ -47,7 +47,8 @@ def stage_at(step: int, warmup_steps: int) -> str:
     return WARMUP if step < warmup_steps else ADVERSARIAL
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UnshiftError, RuntimeError):
+    exit_code = 1  # the run did work, then stopped; its last checkpoint is intact
     """Training produced non-finite losses or gradients too many steps in a row."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="run directory (uses checkpoints/latest), step directory "
@@ -38,8 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from gan.audio import AudioError
-    from gan.checkpoint import CheckpointError
-    from gan.config import ConfigError
+    from gan.errors import UnshiftError, report
     from gan.inference import Enhancer, load_generator, output_paths
 
     try:
@@ -56,10 +55,11 @@ def main(argv=None) -> int:
             print(f"warning: --shift {args.shift:g} lies outside the shifts this model trained on (up to +-{trained}); "
                   "expect less restoration", file=sys.stderr)
         if args.write_shifted and not args.shift:
-            raise ValueError("--write-shifted: needs --shift N (without a shift there is nothing to compare)")
-    except (AudioError, CheckpointError, ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise UnshiftError("--write-shifted: needs --shift N (without a shift there is nothing to compare)")
+    except ValueError as e:  # bad option values (--chunk-seconds 0, an unknown --shifter)
+        if isinstance(e, UnshiftError):
+            raise
+        raise UnshiftError(str(e)) from None
     failed = 0
     for src, dst in pairs:  # one bad file is reported and the others are still cleaned
         try:
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                                       clean=False)
                 print(shifted)
         except AudioError as e:
-            print(f"error: {e}", file=sys.stderr)
+            report(e)
             failed += 1
             continue
         print(dst)
@@ -78,6 +78,13 @@ def main(argv=None) -> int:
         print(f"error: {failed} of {len(pairs)} files failed (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 1 finished badly (a diverged run, failed files), 2 a user error (one line on stderr)."""
+    from gan.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", help="run directory, step directory or generator.pt")
@@ -45,10 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from gan.audio import AudioError
-    from gan.cache import CacheError
-    from gan.checkpoint import CheckpointError
-    from gan.config import ConfigError
+    from gan.errors import UnshiftError
     from gan.evaluation import evaluate, format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
     try:
@@ -57,9 +54,10 @@ def main(argv=None) -> int:
                           metrics=args.metrics.split(",") if args.metrics else None, max_seconds=args.max_seconds,
                           chunk_seconds=args.chunk_seconds, device=args.device, progress=not args.quiet,
                           shifters=args.shifters.split(",") if args.shifters else None)
-    except (AudioError, CacheError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # bad option values (an unknown metric, --chunk-seconds 0)
+        if isinstance(e, UnshiftError):
+            raise
+        raise UnshiftError(str(e)) from None
     print(format_table(report))
     if "matrix" in report:
         print(format_matrix(report))
@@ -78,6 +76,13 @@ def main(argv=None) -> int:
     if args.plot:
         (plot_matrix if "matrix" in report else plot_improvements)(report, args.plot)
     return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 1 finished badly (a diverged run, failed files), 2 a user error (one line on stderr)."""
+    from gan.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

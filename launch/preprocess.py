@@ -15,11 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gan.audio import AudioError  # noqa: E402
-from gan.config import ConfigError, load_config  # noqa: E402
+from gan.config import load_config  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -29,18 +28,21 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    from gan.cache import CacheError, cache_status, ensure_cache
+    from gan.cache import cache_status, ensure_cache
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        status = cache_status(cfg.data)
-        path = ensure_cache(cfg.data, rebuild=args.rebuild, progress=not args.quiet, num_workers=args.workers)
-    except (ConfigError, CacheError, AudioError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    status = cache_status(cfg.data)
+    path = ensure_cache(cfg.data, rebuild=args.rebuild, progress=not args.quiet, num_workers=args.workers)
     if status == "ok" and not args.rebuild:
         print(f"cache {path}: up to date (use --rebuild to rebuild it)", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 1 finished badly (a diverged run, failed files), 2 a user error (one line on stderr)."""
+    from gan.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

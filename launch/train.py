@@ -15,12 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gan.audio import AudioError  # noqa: E402
-from gan.checkpoint import CheckpointError  # noqa: E402
-from gan.config import ConfigError  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
@@ -29,21 +26,21 @@ def main(argv=None) -> int:
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
     args = p.parse_args(argv)
 
-    from gan.trainer import NonFiniteError, run_from_args
+    from gan.trainer import run_from_args
 
-    try:
-        trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume)
-    except (ConfigError, CheckpointError, AudioError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume)
     try:
         trainer.train()
-    except (NonFiniteError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     finally:
         trainer.close()
     return 0
+
+
+def main(argv=None) -> int:
+    """Exit code: 0 done, 1 finished badly (a diverged run, failed files), 2 a user error (one line on stderr)."""
+    from gan.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

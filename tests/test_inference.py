@@ -423,3 +423,25 @@ def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry
     assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--write-shifted", "-o", str(tmp_path / "o2"),
                          str(tmp_path / "a.wav")]) == 2
     assert "--write-shifted: needs --shift" in capsys.readouterr().err
+
+
+def test_checkpoint_saved_from_a_compiled_model_loads_and_load_errors_are_short(tmp_path, registry):
+    from gan.checkpoint import CheckpointError
+
+    cfg = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4]}
+    model = write_checkpoint(tmp_path / "run", cfg)
+    pt = tmp_path / "run" / "checkpoints" / "step_000000007" / "generator.pt"
+    blob = torch.load(pt, weights_only=True)
+    blob["state_dict"] = {f"_orig_mod.{k}": v for k, v in blob["state_dict"].items()}  # torch.compile's keys
+    torch.save(blob, pt)
+    loaded = load_generator(tmp_path / "run")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+    blob["state_dict"] = {k: v for k, v in list(blob["state_dict"].items())[2:]}
+    blob["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(blob, pt)
+    with pytest.raises(CheckpointError) as e:
+        load_generator(tmp_path / "run")
+    msg = str(e.value)
+    assert "2 missing (first: stem.bias)" in msg and "1 unexpected (first: extra.weight)" in msg
+    assert len(msg) < 300 and "\n" not in msg
