@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from discriminators import build_discriminator
@@ -71,7 +71,7 @@ class Trainer:
         acc = self.accelerator
         self.is_main = acc.is_main_process
         self.progress = progress and self.is_main
-        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        set_seed(t.seed)  # Python, NumPy and torch: identical initial weights on every rank, identical runs
 
         # data: the main process builds the cache, the others wait for it
         self.cache_dir = ensure_cache(cfg.data, progress=self.progress) if self.is_main else None

@@ -316,3 +316,21 @@ def test_generator_pretraining_then_adversarial_continuation_equals_one_run(tiny
     tr.close()
     assert_same_weights(tmp_path / "a" / "checkpoints" / "step_000000006",
                         tmp_path / "b" / "checkpoints" / "step_000000006")
+
+
+def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
+    """Python's, NumPy's and torch's generators are all seeded from trainer.seed."""
+    import random
+
+    for name in ("a", "b"):
+        random.random(), np.random.random()  # whatever ran before must not matter
+        tr = make_trainer(tiny_data, tmp_path / name, max_steps=2, warmup_steps=1, save_every=2)
+        tr.train()
+        tr.close()
+    states = [torch.load(tmp_path / n / "checkpoints" / "step_000000002" / "random_states_0.pkl", weights_only=False)
+              for n in ("a", "b")]
+    assert states[0]["random_state"] == states[1]["random_state"]
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+               for x, y in zip(states[0]["numpy_random_seed"], states[1]["numpy_random_seed"]))
+    assert torch.equal(states[0]["torch_manual_seed"], states[1]["torch_manual_seed"])
+    assert_same_weights(tmp_path / "a" / "checkpoints" / "step_000000002", tmp_path / "b" / "checkpoints" / "step_000000002")
