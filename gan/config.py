@@ -226,6 +226,9 @@ class TrainerConfig:
     compile: bool = False
     ema_decay: float = 0.0  # 0 disables the EMA of G
     max_nonfinite_skips: int = 10
+    # CPU only: torch intra-op threads per process; 0 = $OMP_NUM_THREADS if set, else the usable cores
+    # divided by the processes on this machine (two busy processes on two cores otherwise slow 30-80x)
+    threads: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -236,6 +239,8 @@ class TrainerConfig:
         for name in ("log_every", "val_every", "save_every", "grad_accum", "max_nonfinite_skips"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name}: must be positive")
+        if self.threads < 0:
+            raise ConfigError("trainer.threads: must be >= 0 (0 = automatic)")
         if self.keep_last < 1:
             raise ConfigError("trainer.keep_last: must be at least 1")
         if not 0.0 <= self.ema_decay < 1.0:

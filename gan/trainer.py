@@ -15,12 +15,17 @@ step, so a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from contextlib import nullcontext
 import time
 from pathlib import Path
 
 import torch
+
+if not torch.cuda.is_available():  # DeepSpeed's accelerator detection would warn on every CPU run
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -32,7 +37,7 @@ from . import ds
 from .adversarial import AdversarialLoss
 from .cache import ensure_cache
 from .checkpoint import CheckpointError, CheckpointManager, code_version
-from .config import Config, dump_config, load_config, to_dict
+from .config import Config, ConfigError, dump_config, load_config, to_dict
 from .data import load_val_set, make_train_loader
 from .errors import UnshiftError, first_line
 from .losses import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
@@ -70,6 +75,11 @@ class Trainer:
         )
         acc = self.accelerator
         self.is_main = acc.is_main_process
+        if acc.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(t.threads))
+        if resume is None and CheckpointManager(run_dir).steps():  # checked before any expensive work
+            raise CheckpointError(f"run directory {run_dir} already holds checkpoints; continue it with "
+                                  "--resume auto or start a new --run-dir")
         self.progress = progress and self.is_main
         set_seed(t.seed)  # Python, NumPy and torch: identical initial weights on every rank, identical runs
 
@@ -111,17 +121,15 @@ class Trainer:
         self.timers: dict[str, float] = {}
         if resume is not None:
             self.load(resume)
-        elif self.ckpt.steps():
-            raise CheckpointError(
-                f"run directory {self.run_dir} already holds checkpoints; continue it with --resume auto "
-                "or start a new --run-dir"
-            )
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint
         self.log = RunLogger(self.run_dir / "tb", enabled=self.is_main, sample_rate=cfg.data.sample_rate,
                              purge_step=self.step + 1 if resume is not None else None)  # keeps the checkpoint step's own logs
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            start = f"resumed from {resume} at step {self.step}" if resume is not None else "fresh start"
+            print(f"{start}; run directory {self.run_dir}; {acc.device} x {acc.num_processes} process"
+                  f"{'es' if acc.num_processes > 1 else ''}, {torch.get_num_threads()} threads each", flush=True)
 
     # ----------------------------------------------------------------- state
 
@@ -183,8 +191,6 @@ class Trainer:
             self.load_state_dict(state)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path}: cannot be loaded ({first_line(e)}); pick an older one") from None
-        if self.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
 
     def generator_for_inference(self) -> torch.nn.Module:
         """The EMA generator when EMA is on, else the trained one (unwrapped)."""
@@ -465,13 +471,81 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_threads(setting: int) -> int:
+    """Intra-op threads for one process: the setting, else $OMP_NUM_THREADS, else usable cores / local processes."""
+    if setting:
+        return setting
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    from .cache import usable_cores
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, usable_cores() // max(1, local))
+
+
+# What --set may change when a run resumes; anything else would rewrite the run's history.
+RESUMABLE = ("trainer.max_steps", "trainer.log_every", "trainer.val_every", "trainer.save_every",
+             "trainer.save_every_minutes", "trainer.keep_last", "trainer.keep_every", "trainer.max_nonfinite_skips",
+             "trainer.threads", "data.num_workers", "optim.generator.lr", "optim.generator.muon_lr",
+             "optim.discriminator.lr", "optim.discriminator.muon_lr", "optim.generator.grad_clip",
+             "optim.discriminator.grad_clip")
+
+
+def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
+    """The config a run resumes with: its own resolved ``config.yaml`` plus the mid-run ``--set`` changes.
+
+    Each change is said in one line; ``trainer.warmup_steps`` may change while the step is
+    below both values (the stage boundary has not been passed). Raises ``ConfigError``
+    naming the key for any other change.
+    """
+    import yaml
+
+    from .config import config_from_dict
+
+    saved = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
+    cfg = config_from_dict(to_dict(saved), overrides)
+    step = int(checkpoint.name.rsplit("_", 1)[-1]) if checkpoint.name.startswith("step_") else 0
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        old, new = _get(saved, key), _get(cfg, key)
+        if old == new:
+            continue
+        stage_ok = key == "trainer.warmup_steps" and step < min(old, new)
+        if key not in RESUMABLE and not stage_ok:
+            raise ConfigError(f"--set {key}: cannot change when resuming at step {step} (it would rewrite the "
+                              f"run's history: {old!r} -> {new!r}); start a new --run-dir instead")
+        say(f"resume: {key} {old!r} -> {new!r}")
+    return cfg
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for k in dotted.split("."):
+        node = node[int(k)] if isinstance(node, list) else getattr(node, k)
+    return node
+
+
 def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume: str | None) -> Trainer:
-    """Build a trainer the way ``launch/train.py`` does (config lookup, run dir, resume)."""
+    """Build a trainer the way ``launch/train.py`` does (config lookup, run dir, resume).
+
+    The run directory defaults to ``runs/<config name>``, or to the folder of a run's own
+    ``config.yaml`` given as ``--config``. A resumed run takes its settings from its
+    checkpoint (``resume_config``), not from ``config``.
+    """
     from .checkpoint import resolve_resume
+    from .config import resolve_config_path
 
-    cfg = load_config(config, overrides)
-    run_dir = Path(run_dir) if run_dir else Path("runs") / Path(config).stem
-    return Trainer(cfg, run_dir, resume=resolve_resume(run_dir, resume))
+    path = resolve_config_path(config)
+    if run_dir is None:
+        own_run = path.name == "config.yaml" and (path.parent / "checkpoints").is_dir()
+        run_dir = path.parent if own_run else Path("runs") / path.stem
+    run_dir = Path(run_dir)
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is not None and (checkpoint / "config.yaml").is_file():
+        cfg = resume_config(checkpoint, overrides)
+    else:
+        cfg = load_config(config, overrides)
+    return Trainer(cfg, run_dir, resume=checkpoint)
 
 
-__all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args"]
+__all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args", "resume_config"]

@@ -334,3 +334,27 @@ def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
                for x, y in zip(states[0]["numpy_random_seed"], states[1]["numpy_random_seed"]))
     assert torch.equal(states[0]["torch_manual_seed"], states[1]["torch_manual_seed"])
     assert_same_weights(tmp_path / "a" / "checkpoints" / "step_000000002", tmp_path / "b" / "checkpoints" / "step_000000002")
+
+
+def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tmp_path, capsys, monkeypatch):
+    from gan.config import ConfigError
+    from gan.trainer import run_from_args
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3)
+    tr = run_from_args(str(cfg), "runs/mine", [], None)
+    tr.train()
+    tr.close()
+    assert "fresh start; run directory runs/mine; cpu x 1 process" in capsys.readouterr().out
+    # the user edits the file afterwards and forgets an override: the run keeps its own settings
+    _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, warmup_steps=1, log_every=2)
+    tr = run_from_args("runs/mine/config.yaml", None, ["trainer.max_steps=5"], "auto")  # its own config.yaml
+    out = capsys.readouterr().out
+    assert tr.run_dir == Path("runs/mine") and tr.step == 3
+    assert tr.cfg.trainer.warmup_steps == 3 and tr.cfg.trainer.log_every == 1 and tr.cfg.trainer.max_steps == 5
+    assert "resume: trainer.max_steps 3 -> 5" in out and "resumed from runs/mine/checkpoints/step_000000003" in out
+    tr.close()
+    with pytest.raises(ConfigError, match=r"--set data.segment_length: cannot change when resuming at step 3"):
+        run_from_args(str(cfg), "runs/mine", ["data.segment_length=4096"], "auto")
+    with pytest.raises(ConfigError, match=r"--set trainer.warmup_steps: cannot change"):  # boundary passed
+        run_from_args(str(cfg), "runs/mine", ["trainer.warmup_steps=2"], "auto")
