@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -186,13 +187,17 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     labels = [chr(ord("A") + i) for i in range(len(loaded))]
     suite = MetricSuite(metrics, loaded[0].cfg.loss)
     rows = []
-    for ex in examples(data, loaded[0].cfg.data.degrade, shifts, degraded_dir, split, max_seconds, shifters):
+    start = time.monotonic()
+    for k, ex in enumerate(examples(data, loaded[0].cfg.data.degrade, shifts, degraded_dir, split, max_seconds,
+                                    shifters), 1):
         if progress:
-            print(f"{ex.file} {ex.shifter} {ex.shift}", file=sys.stderr, flush=True)
-        deg = suite.score(ex.clean, ex.degraded)
+            print(f"[{k}] {ex.file} {ex.shifter} {ex.shift} ({time.monotonic() - start:.0f} s)", file=sys.stderr,
+                  flush=True)
+        name = f"{ex.file} {ex.shifter} {ex.shift}"
+        deg = suite.score(ex.clean, ex.degraded, name)
         for label, enh in zip(labels, enhancers):
             est = enh.enhance(ex.degraded[None], RATE)[0]
-            sc = suite.score(ex.clean, est)
+            sc = suite.score(ex.clean, est, name)
             row = {"file": ex.file, "shifter": ex.shifter, "shift": ex.shift, "checkpoint": label,
                    "seconds": len(ex.clean) / RATE}
             for m in suite.names:
@@ -201,8 +206,11 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
             rows.append(row)
     if not rows:
         raise AudioError(f"--data {data}: no examples to evaluate")
+    verdicts = {lab: {m: verdict([r[f"{m}_degraded"] for r in rows if r["checkpoint"] == lab],
+                                 [r[f"{m}_enhanced"] for r in rows if r["checkpoint"] == lab], m)
+                      for m in suite.names} for lab in labels}
     report = {
-        "data": str(data), "metrics": suite.names, "skipped_metrics": suite.skipped,
+        "data": str(data), "metrics": suite.names, "skipped_metrics": suite.skipped, "verdict": verdicts,
         "checkpoints": {lab: {"path": str(g.path), "step": g.step, "ema": g.ema, "generator": g.cfg.generator.name}
                         for lab, g in zip(labels, loaded)},
         "summary": {lab: {f"{m}_{k}": summarize(r[f"{m}_{k}"] for r in rows if r["checkpoint"] == lab)
@@ -249,6 +257,13 @@ def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
     out["hot_peak_change_db"] = 20 * math.log10(float(np.abs(y).max()) / float(np.abs(x).max()))
     out["hot_source"] = files[0].name if files else "tone"
     return out
+
+
+def verdict(degraded, enhanced, metric: str, alpha: float = 0.01) -> dict:
+    """Did the model help on this metric? ``better`` / ``worse`` (one-sided paired Wilcoxon p < alpha) or ``no change``."""
+    p_better, p_worse = one_sided_p(degraded, enhanced, HIGHER_IS_BETTER[metric])
+    word = "better" if p_better < alpha else "worse" if p_worse < alpha else "no significant change"
+    return {"verdict": word, "p_better": p_better, "p_worse": p_worse, "n": len(degraded)}
 
 
 def loaded_mix(loaded) -> list[str]:
@@ -362,6 +377,9 @@ def format_table(report: dict) -> str:
         for col, s in report["summary"][lab].items():
             lines.append(f"{col:<22}" + "".join(f"{_f(s[k]):>10}" for k in ("mean", "std", "median", "min", "max"))
                          + f"{s['n']:>5}")
+        for m, v in report.get("verdict", {}).get(lab, {}).items():
+            lines.append(f"verdict {m}: {v['verdict']} (one-sided paired Wilcoxon, n {v['n']}: p better "
+                         f"{_f(v['p_better'])}, p worse {_f(v['p_worse'])})")
         lines.append("")
     if "compare" in report:
         lines.append("paired comparison of enhanced scores, B - A "

@@ -32,6 +32,7 @@ from .errors import first_line
 
 CORE = ("lsd", "mel", "mrstft", "si_sdr")
 EXTRA = ("visqol", "pesq", "stoi", "dnsmos")
+SPEECH = ("pesq", "stoi", "dnsmos")  # speech models: run on music only when asked for by name
 HIGHER_IS_BETTER = {"lsd": False, "mel": False, "mrstft": False, "si_sdr": True,
                     "visqol": True, "pesq": True, "stoi": True, "dnsmos": True}
 _EXTRA_MODULES = {"visqol": ["visqol"], "pesq": ["pesq"], "stoi": ["pystoi"],
@@ -77,14 +78,15 @@ def extra_available(name: str) -> str | None:
 class MetricSuite:
     """Scores ``(ref, est)`` pairs with the chosen metrics; optional ones are skipped when missing.
 
-    ``names=None`` selects the core metrics and every installed optional one.
+    ``names=None`` selects the core metrics and ViSQOL (audio mode) when installed; the speech
+    metrics (PESQ, STOI, DNSMOS) run only when named.
     """
 
     def __init__(self, names: list[str] | None = None, loss_cfg=None):
         from gan.config import LossConfig
 
         loss_cfg = loss_cfg or LossConfig()
-        wanted = list(names) if names is not None else [*CORE, *EXTRA]
+        wanted = list(names) if names is not None else [*CORE, *(m for m in EXTRA if m not in SPEECH)]
         unknown = [n for n in wanted if n not in HIGHER_IS_BETTER]
         if unknown:
             raise ValueError(f"metrics {unknown}: unknown; known: {[*CORE, *EXTRA]}")
@@ -127,21 +129,21 @@ class MetricSuite:
 
         return lambda ref, est: float(dnsmos.run(np.clip(resample_16k(est), -1, 1), 16000)["ovrl_mos"])
 
-    def score(self, ref, est) -> dict[str, float]:
-        """Every selected metric of ``est`` against ``ref``; a metric that fails on this pair gives NaN."""
+    def score(self, ref, est, name: str = "") -> dict[str, float]:
+        """Every selected metric of ``est`` against ``ref``; a metric that fails on this pair gives NaN and a
+        one-line note naming ``name`` (the example)."""
         ref, est = _t(ref).reshape(-1), _t(est).reshape(-1)
         if ref.shape != est.shape:
             raise ValueError(f"metrics: reference {tuple(ref.shape)} and estimate {tuple(est.shape)} differ")
         out = {}
-        for name in self.names:
+        for metric in self.names:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    out[name] = self._fn(name)(ref, est)
+                    out[metric] = self._fn(metric)(ref, est)
             except Exception as e:  # e.g. PESQ on silence ("no utterances detected")
-                print(f"note: metric {name}: {first_line(e)}; NaN",
-                      file=sys.stderr)
-                out[name] = math.nan
+                print(f"note: {name + ': ' if name else ''}metric {metric}: {first_line(e)}; NaN", file=sys.stderr)
+                out[metric] = math.nan
         return out
 
 
