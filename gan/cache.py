@@ -172,13 +172,18 @@ def cache_status(cfg: DataConfig) -> str:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError):
         return "stale"
+    if cfg.cache_only:  # the user asked for this cache as it is
+        return "ok"
     if manifest.get("config_hash") != config_hash(cache_settings(cfg)):
         return "stale"
     audio_dir = Path(cfg.audio_dir)
-    if audio_dir.is_dir():  # a cache copied without its audio is used as it is
-        if manifest.get("sources_hash") != sources_hash(find_audio_files(audio_dir), audio_dir):
-            return "stale"
+    if manifest.get("sources_hash") != sources_hash(find_audio_files(audio_dir), audio_dir):
+        return "stale"
     return "ok"
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 # --------------------------------------------------------------------------- building
@@ -196,9 +201,26 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
         raise ConfigError(f"data.audio_dir: {data_cfg.audio_dir} is a placeholder; point it at your folder of "
                           "recordings, e.g. --set data.audio_dir=/path/to/music")
     path = Path(data_cfg.cache_dir)
+    if data_cfg.cache_only:
+        if not (path / "manifest.json").is_file():
+            raise CacheError(f"cache {path}: data.cache_only is set but there is no cache there; "
+                             "build one with launch/preprocess.py or unset data.cache_only")
+        return path
+    if not Path(data_cfg.audio_dir).is_dir():
+        raise AudioError(f"audio folder {data_cfg.audio_dir}: not found; point data.audio_dir at a folder of "
+                         "recordings, or set data.cache_only=true to train from the cache in data.cache_dir as it is")
     status = cache_status(data_cfg)
     if status == "ok" and not rebuild:
         return path
+    if status == "stale":
+        try:
+            built_from = json.loads((path / "manifest.json").read_text()).get("audio_dir", "?")
+        except (OSError, ValueError):
+            built_from = "?"  # unreadable: rebuilt
+        if built_from != "?" and not _same_folder(built_from, data_cfg.audio_dir):
+            raise CacheError(f"cache {path}: holds the audio of {built_from}, not {data_cfg.audio_dir}; set "
+                             "data.cache_dir to a folder of its own for this data (a cache is never replaced by "
+                             "one of other recordings)")
     if status == "stale" and not rebuild and data_cfg.on_stale_cache == "error":
         raise CacheError(f"cache {path}: built for other data settings or audio files; delete it, "
                          "pass --rebuild, or set data.on_stale_cache=rebuild")

@@ -82,6 +82,7 @@ class DataConfig:
     # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
     bandlimit_fraction: float = 0.0
     on_stale_cache: Literal["rebuild", "error"] = "rebuild"
+    cache_only: bool = False  # train from the cache at cache_dir as it is, without audio_dir (e.g. a copied cache)
     seed: int = 0
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
 

@@ -302,3 +302,24 @@ def test_production_configs_require_an_audio_folder(name, tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.audio_dir: <your music folder> is a placeholder; .*--set data\.audio_dir="):
         ensure_cache(cfg.data, progress=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_is_never_replaced_by_one_of_other_recordings(tmp_path, audio_dir):
+    from gan.audio import AudioError
+
+    cfg = make_cfg(tmp_path, audio_dir)
+    path = ensure_cache(cfg, progress=False, num_workers=0)
+    stamp = (path / "manifest.json").read_bytes()
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    (other_dir / STEREO).write_bytes((DEMO_AUDIO / STEREO).read_bytes())
+    other = make_cfg(tmp_path, other_dir)  # same cache_dir, another folder
+    with pytest.raises(CacheError, match=r"holds the audio of .*audio, not .*other; set data.cache_dir"):
+        ensure_cache(other, progress=False, num_workers=0)
+    assert (path / "manifest.json").read_bytes() == stamp
+    typo = make_cfg(tmp_path, tmp_path / "audoi")  # a folder that does not exist
+    with pytest.raises(AudioError, match=r"audoi: not found; .*data.cache_only=true"):
+        ensure_cache(typo, progress=False, num_workers=0)
+    typo.cache_only = True  # asked for explicitly: the cache as it is
+    assert ensure_cache(typo, progress=False, num_workers=0) == path
+    assert (path / "manifest.json").read_bytes() == stamp
