@@ -45,7 +45,7 @@ from gan.config import ConfigError, DataConfig, DegradeConfig, config_hash, to_d
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 from gan.errors import UnshiftError, first_line
 
-FORMAT = 2
+FORMAT = 3  # 3: the torchaudio shifter's vocoder in double precision
 SPLITS = ("train", "val")
 PIECE_SECONDS = 30.0  # longer files are cut so a worker's memory stays bounded
 SCALE = 32767.0

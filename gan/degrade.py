@@ -119,10 +119,12 @@ def shift_torchaudio(x: torch.Tensor, sample_rate: int, semitones: float, cfg: D
 
     def stretch(x: torch.Tensor, speed: float) -> torch.Tensor:
         spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
-        # (C, T) -> (C, n_fft // 2 + 1, frames)
-        advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device)[..., None]
-        return torch.istft(AF.phase_vocoder(spec, speed, advance), n_fft, hop, n_fft, window,
-                           length=int(round(x.shape[-1] / speed)))
+        # (C, T) -> (C, n_fft // 2 + 1, frames); the vocoder runs in double precision: its accumulated
+        # phase grows with the length, and a float32 sum drifts (-54 dB after 60 s) from the streamed
+        # shifter's float64 one (gan.stream_shift)
+        advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device, dtype=torch.float64)[..., None]
+        stretched = AF.phase_vocoder(spec.to(torch.complex128), speed, advance).to(spec.dtype)
+        return torch.istft(stretched, n_fft, hop, n_fft, window, length=int(round(x.shape[-1] / speed)))
 
     return _pitch_by_stretch(stretch, x, sample_rate, semitones)
 

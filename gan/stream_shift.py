@@ -5,8 +5,8 @@
 block, step for step:
 
     resample to cfg.oversample_rate ─▶ STFT (reflect-padded, centred frames)
-      ─▶ phase vocoder (time steps ``arange(0, frames, rate)``; the accumulated phase is
-         carried from block to block in float64, as ``torch.cumsum`` accumulates)
+      ─▶ phase vocoder in double precision, as ``gan.degrade.shift_torchaudio`` runs it (time
+         steps ``arange(0, frames, rate)``; the accumulated phase carried from block to block)
       ─▶ overlap-add inverse STFT ─▶ resample by the pitch ratio ─▶ fit length ─▶ resample back
 
 Only a block of STFT frames (``frames_per_block``) and a few windows of audio are held at
@@ -50,11 +50,11 @@ def _stretch_blocks(blocks: Iterator[torch.Tensor], channels: int, length: int, 
         raise ValueError(f"stream_shift: {length} samples is too short to stream; use gan.degrade.apply_shift")
 
     def gen() -> Iterator[torch.Tensor]:
-        window = torch.hann_window(n_fft)
+        window = torch.hann_window(n_fft, dtype=torch.float64)
         n_frames = 1 + length // hop
-        steps = torch.arange(0, n_frames, rate, dtype=torch.float32)  # as torchaudio's phase_vocoder
+        steps = torch.arange(0, n_frames, rate, dtype=torch.float64)  # as torchaudio's phase_vocoder in double
         k, alphas = steps.long(), steps % 1.0
-        advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1)[..., None]  # (F, 1)
+        advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1, dtype=torch.float64)[..., None]  # (F, 1)
         reader = BlockReader(blocks, channels)
         carry = None  # float64 (C, F): accumulated phase of the last output frame
         ola = torch.zeros(channels, 0)  # overlap-add of frames, samples [base, ...) of the padded output
@@ -72,21 +72,22 @@ def _stretch_blocks(blocks: Iterator[torch.Tensor], channels: int, length: int, 
             phase = phase - 2 * math.pi * torch.round(phase / (2 * math.pi)) + advance  # (C, F, j1 - i0)
             if j0 == 0:
                 inc = torch.cat([spec[..., :1].angle(), phase[..., : j1 - 1]], dim=-1)
-                acc = torch.cumsum(inc.double(), dim=-1)
+                acc = torch.cumsum(inc, dim=-1)
             else:
-                acc = carry[..., None] + torch.cumsum(phase[..., : j1 - j0].double(), dim=-1)
+                acc = carry[..., None] + torch.cumsum(phase[..., : j1 - j0], dim=-1)
             carry = acc[..., -1]
             a = alphas[j0:j1]
             off = j0 - i0
             mag = a * s1[..., off:].abs() + (1 - a) * s0[..., off:].abs()
-            frames = torch.fft.irfft(torch.polar(mag, acc.float()), n=n_fft, dim=-2) * window[:, None]
+            frames = (torch.fft.irfft(torch.polar(mag, acc), n=n_fft, dim=-2) * window[:, None]).float()
             # overlap-add frames j0 .. j1-1 into padded output samples [j0 * hop, (j1 - 1) * hop + n_fft)
             end = (j1 - 1) * hop + n_fft
             ola = torch.nn.functional.pad(ola, (0, end - base - ola.shape[-1]))
             env = torch.nn.functional.pad(env, (0, end - base - env.shape[-1]))
             span, s = end - j0 * hop, j0 * hop - base
             ola[:, s: s + span] += _overlap_add(frames, span, hop)
-            env[s: s + span] += _overlap_add(window.square()[None, :, None].expand(1, n_fft, j1 - j0), span, hop)[0]
+            env[s: s + span] += _overlap_add(window.float().square()[None, :, None].expand(1, n_fft, j1 - j0),
+                                             span, hop)[0]
             done = end if j1 == len(steps) else j1 * hop  # later frames start at j1 * hop
             lo, hi = max(base, pad), min(done, pad + out_len)
             if hi > lo:
@@ -114,7 +115,8 @@ def _frames(reader: BlockReader, k0: int, k1: int, length: int, n_fft: int, hop:
     idx = torch.where(idx >= length, 2 * (length - 1) - idx, idx)
     lo, hi = int(idx.min()), int(idx.max()) + 1
     seg = reader.read(lo, hi)[:, idx - lo]  # (C, samples)
-    return torch.stft(seg, n_fft, hop, n_fft, window, center=False, return_complex=True)
+    spec = torch.stft(seg, n_fft, hop, n_fft, window.float(), center=False, return_complex=True)
+    return spec.to(torch.complex128)  # the whole-signal shifter's STFT is float32, its vocoder double
 
 
 def stream_shift(blocks: Iterator[torch.Tensor], channels: int, n: int, sample_rate: int, semitones: float,

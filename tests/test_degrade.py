@@ -40,12 +40,15 @@ def test_round_trip_keeps_shape_type_and_is_deterministic(shifter):
 
 
 def test_torchaudio_shifter_equals_torchaudio_pitch_shift_for_octaves():
-    # torchaudio's own function is usable (small resampling kernel) exactly at octaves
+    # torchaudio's own function is usable (small resampling kernel) exactly at octaves; ours runs its
+    # phase vocoder in double precision (no drift on long files), torchaudio's in float32: -67 dB apart
     x = torch.from_numpy(NOISE[None])
     for n in (12, -12):
         ours = shift_torchaudio(x, 96000, n, DegradeConfig(n_fft=1024))
         ref = AF.pitch_shift(x, 96000, n, n_fft=1024)
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+        assert 10 * torch.log10((ours - ref).square().sum() / ref.square().sum()) < -60
+        double = AF.pitch_shift(x.double(), 96000, n, n_fft=1024).float()  # the library, in double: the same
+        torch.testing.assert_close(ours, double, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shift", [-12, -11, -10, 10, 11, 12])
