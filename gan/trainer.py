@@ -59,7 +59,7 @@ class NonFiniteError(UnshiftError, RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None,
-                 accelerator: Accelerator | None = None, progress: bool = True):
+                 accelerator: Accelerator | None = None, progress: bool = True, init_from: Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         t = cfg.trainer
@@ -91,6 +91,11 @@ class Trainer:
 
         g = build_generator(cfg.generator)
         d = build_discriminator(cfg.discriminators)
+        if init_from is not None:  # fine-tuning: another run's weights, this run's fresh optimizer and schedule
+            if resume is not None:
+                raise CheckpointError("--init-from starts a new run from other weights; it cannot be combined "
+                                      "with --resume")
+            load_init_weights(g, d, init_from, say=print if self.is_main else (lambda m: None))
         opt_g = build_optimizer(g, cfg.optim.generator)
         opt_d = build_optimizer(d, cfg.optim.discriminator)
         if self.engines is not None:  # two engines: Accelerate keeps one engine per prepare call
@@ -471,6 +476,35 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, say=print) -> None:
+    """Load G (and D, when its weights are there) from a run or step directory of another run.
+
+    Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
+    else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
+    network's weights do not fit its config here.
+    """
+    from safetensors.torch import load_file
+
+    from .checkpoint import resolve_resume
+    from .inference import strip_wrapper_prefixes
+
+    step = resolve_resume(path, str(path))
+    sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
+    if not sources[0][2].is_file():
+        sources = [(g, "generator", step / "generator.pt")]
+    for net, name, file in sources:
+        if not file.is_file():
+            continue
+        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
+        try:
+            net.load_state_dict(strip_wrapper_prefixes(state))
+        except RuntimeError as e:
+            raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
+                                  f"({first_line(e)[:160]})") from None
+    loaded = " and ".join(name for _, name, file in sources if file.is_file())
+    say(f"initialised the {loaded} from {step}; optimizer and schedules start fresh")
+
+
 def cpu_threads(setting: int) -> int:
     """Intra-op threads for one process: the setting, else $OMP_NUM_THREADS, else usable cores / local processes."""
     if setting:
@@ -525,7 +559,8 @@ def _get(cfg, dotted: str):
     return node
 
 
-def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume: str | None) -> Trainer:
+def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume: str | None,
+                  init_from: str | None = None) -> Trainer:
     """Build a trainer the way ``launch/train.py`` does (config lookup, run dir, resume).
 
     The run directory defaults to ``runs/<config name>``, or to the folder of a run's own
@@ -545,7 +580,7 @@ def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume
         cfg = resume_config(checkpoint, overrides)
     else:
         cfg = load_config(config, overrides)
-    return Trainer(cfg, run_dir, resume=checkpoint)
+    return Trainer(cfg, run_dir, resume=checkpoint, init_from=Path(init_from) if init_from else None)
 
 
 __all__ = ["Trainer", "stage_at", "WARMUP", "ADVERSARIAL", "NonFiniteError", "run_from_args", "resume_config"]

@@ -1,11 +1,14 @@
 """Train a pitch-shift restoration GAN.
 
-    accelerate launch launch/train.py --config gan_dac.yaml
-    accelerate launch --multi_gpu --num_processes 2 launch/train.py --config demo
-    python launch/train.py --config demo --set trainer.max_steps=10 --resume auto
+    accelerate launch launch/train.py --config gan_dac.yaml --set data.audio_dir=/music
+    accelerate launch --multi_gpu --num_processes 2 launch/train.py --config demo --run-dir runs/demo2
+    python launch/train.py --config demo --set trainer.max_steps=10 --run-dir runs/try
+    python launch/train.py --config demo --run-dir runs/try --resume auto --set trainer.max_steps=20
+    python launch/train.py --config cpu --run-dir runs/tuned --init-from runs/demo   # fine-tune
 
 A bare config name is looked up in configs/; --set overrides any field
-(validated like the file); --resume auto continues from the run's latest checkpoint.
+(validated like the file); --resume auto continues from the run's latest checkpoint with
+the run's own settings; --init-from starts a new run from another run's weights.
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ def _main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. trainer.max_steps=10 (repeatable)")
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
+    p.add_argument("--init-from", metavar="RUN_OR_STEP", help="fine-tune: start a new run from another run's "
+                                                               "weights (fresh optimizer and schedule)")
     args = p.parse_args(argv)
 
     from gan.trainer import run_from_args
 
-    trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume)
+    trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume, args.init_from)
     try:
         trainer.train()
     finally:

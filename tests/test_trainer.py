@@ -358,3 +358,19 @@ def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tm
         run_from_args(str(cfg), "runs/mine", ["data.segment_length=4096"], "auto")
     with pytest.raises(ConfigError, match=r"--set trainer.warmup_steps: cannot change"):  # boundary passed
         run_from_args(str(cfg), "runs/mine", ["trainer.warmup_steps=2"], "auto")
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_path, capsys):
+    tr = make_trainer(tiny_data, tmp_path / "a", max_steps=3)
+    tr.train()
+    g, d = params(tr.accelerator.unwrap_model(tr.G)), params(tr.accelerator.unwrap_model(tr.D))
+    tr.close()
+    cfg = config_from_dict(tiny_dict(*tiny_data))
+    tr = Trainer(cfg, tmp_path / "b", progress=False, init_from=tmp_path / "a")
+    assert tr.step == 0 and not tr.opt_g.state  # fresh optimizer and schedule
+    assert not changed(g, tr.accelerator.unwrap_model(tr.G)) and not changed(d, tr.accelerator.unwrap_model(tr.D))
+    assert "initialised the generator and discriminator from" in capsys.readouterr().out
+    tr.close()
+    with pytest.raises(CheckpointError, match="its generator weights do not fit"):
+        Trainer(config_from_dict(tiny_dict(*tiny_data), ["generator.channels=8"]), tmp_path / "c", progress=False,
+                init_from=tmp_path / "a")
