@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, help="run directory (uses checkpoints/latest), step directory "
@@ -35,7 +35,11 @@ def _main(argv=None) -> int:
     p.add_argument("--subtype", default=None, help="soundfile subtype of the output (default: the input's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from gan.audio import AudioError
     from gan.errors import UnshiftError, report

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", help="run directory, step directory or generator.pt")
@@ -43,7 +43,11 @@ def _main(argv=None) -> int:
                    help="also print what the model does to digital silence, a -80 dBFS noise floor and a "
                         "+4 dBFS float input (dB)")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from gan.errors import UnshiftError
     from gan.evaluation import evaluate, format_matrix, format_table, plot_improvements, plot_matrix, write_outputs

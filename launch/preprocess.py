@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gan.config import load_config  # noqa: E402
 
 
-def _main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -26,7 +26,11 @@ def _main(argv=None) -> int:
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the cache is up to date")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from gan.cache import cache_status, ensure_cache
 

@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-
-def _main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
@@ -29,7 +28,11 @@ def _main(argv=None) -> int:
     p.add_argument("--resume", help="'auto' (latest checkpoint of the run dir, if any) or a checkpoint path")
     p.add_argument("--init-from", metavar="RUN_OR_STEP", help="fine-tune: start a new run from another run's "
                                                                "weights (fresh optimizer and schedule)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from gan.trainer import run_from_args
 
