@@ -23,6 +23,7 @@ complete, so a killed run never leaves a folder that looks like a cache.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import math
@@ -195,8 +196,18 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
 
     A stale cache (other settings or other audio files) is rebuilt, or raises
     ``CacheError`` when ``data.on_stale_cache`` is ``error``. ``num_workers``: worker
-    processes (None: all cores; 0: in this process).
+    processes (None: all cores; 0: in this process). Callers on several machines (or
+    processes) sharing a filesystem are serialised by a lock file beside the cache, so the
+    cache is built once and the others find it ready.
     """
+    lock_path = Path(data_cfg.cache_dir).parent / f".{Path(data_cfg.cache_dir).name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+        return _ensure_cache(data_cfg, rebuild, progress, num_workers)
+
+
+def _ensure_cache(data_cfg: DataConfig, rebuild: bool, progress: bool, num_workers: int | None) -> Path:
     if data_cfg.audio_dir.startswith("<"):
         raise ConfigError(f"data.audio_dir: {data_cfg.audio_dir} is a placeholder; point it at your folder of "
                           "recordings, e.g. --set data.audio_dir=/path/to/music")

@@ -83,11 +83,12 @@ class Trainer:
         self.progress = progress and self.is_main
         set_seed(t.seed)  # Python, NumPy and torch: identical initial weights on every rank, identical runs
 
-        # data: the main process builds the cache, the others wait for it
-        self.cache_dir = ensure_cache(cfg.data, progress=self.progress) if self.is_main else None
+        # data: the first process of each machine builds the cache (a lock makes a shared filesystem
+        # build it once), the others wait for it
+        self.cache_dir = ensure_cache(cfg.data, progress=self.progress) if acc.is_local_main_process else None
         acc.wait_for_everyone()
         if self.cache_dir is None:
-            self.cache_dir = ensure_cache(cfg.data, progress=False)  # finds the main process's fresh cache
+            self.cache_dir = Path(cfg.data.cache_dir)  # built by this machine's first process
 
         g = build_generator(cfg.generator)
         d = build_discriminator(cfg.discriminators)

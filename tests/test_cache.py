@@ -323,3 +323,21 @@ def test_a_cache_is_never_replaced_by_one_of_other_recordings(tmp_path, audio_di
     typo.cache_only = True  # asked for explicitly: the cache as it is
     assert ensure_cache(typo, progress=False, num_workers=0) == path
     assert (path / "manifest.json").read_bytes() == stamp
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_cache_folder_build_it_once(tmp_path, audio_dir):
+    """Two launches (machines sharing a filesystem, or two local ranks) at once: one builds, one waits and reuses."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from gan.cache import ensure_cache\n"
+            "from gan.config import DataConfig, DegradeConfig\n"
+            "d = DegradeConfig(shifts=[12], n_fft=1024)\n"
+            "ensure_cache(DataConfig(audio_dir=%r, cache_dir=%r, val_fraction=0.5, degrade=d), num_workers=0)\n"
+            % (str(ROOT), str(audio_dir), str(tmp_path / "cache")))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    builds = sum(out.count("2/6 files of") for out in outs)  # the summary line of a build
+    assert builds == 1, outs
+    assert cache_status(make_cfg(tmp_path, audio_dir)) != "missing"
