@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from .common import DiscriminatorFamily, reflect_pad, run_stack, wn_conv
 
@@ -47,10 +48,9 @@ class PeriodDiscriminator(nn.Module):
         self.conv_post = wn_conv(nn.Conv2d(channels[-1], 1, (3, 1), padding=(1, 0)), act=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        batch, ch, length = x.shape
-        p = self.period
+        length, p = x.shape[-1], self.period
         x = reflect_pad(x, 0, p - length % p)
-        x = x.view(batch, ch, -1, p)  # (B, 1, T') -> (B, 1, T' / p, p)
+        x = rearrange(x, "b c (t p) -> b c t p", p=p)  # period folding: column j holds samples j, j + p, ...
         return run_stack(self.convs, self.conv_post, x)
 
 

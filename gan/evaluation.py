@@ -148,7 +148,8 @@ def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
         clean = part.clean[off: off + n].astype(np.float32) / SCALE
         for k, s in enumerate(item_shifts.tolist()):
             if s in shifts:
-                yield Example(name, f"{s:+d}", clean, part.degraded[k][off: off + n].astype(np.float32) / SCALE)
+                yield Example(name, f"{s:+d}", clean, part.degraded[k][off: off + n].astype(np.float32) / SCALE,
+                              item.get("shifters", {}).get(str(s), "recipe"))
 
 
 def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, degraded_dir: str | Path | None = None,
@@ -217,8 +218,10 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
                           for m in suite.names for k in KINDS} for lab in labels},
         "rows": rows,
     }
-    if shifters:
-        report["matrix"] = {lab: shifter_matrix(rows, lab, suite.names, loaded_mix(g)) for lab, g in zip(labels, loaded)}
+    is_cache = (Path(data) / "manifest.json").is_file()
+    if shifters or is_cache:  # a cache's pieces have many shifts each: one row per shifter
+        report["matrix"] = {lab: shifter_matrix(rows, lab, suite.names, loaded_mix(g), by_shift=not is_cache)
+                            for lab, g in zip(labels, loaded)}
     if len(labels) == 2:
         by = {lab: {(r["file"], r["shifter"], r["shift"]): r for r in rows if r["checkpoint"] == lab} for lab in labels}
         keys = list(by["A"])
@@ -284,18 +287,21 @@ def one_sided_p(degraded, enhanced, higher_is_better: bool) -> tuple[float, floa
             float(stats.wilcoxon(gain, alternative="less").pvalue))
 
 
-def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: list[str]) -> list[dict]:
+def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: list[str],
+                   by_shift: bool = True) -> list[dict]:
     """Per (shifter, shift) and metric of one checkpoint: relative improvement of the mean and one-sided p-values.
 
     ``rel`` = (mean degraded - mean enhanced) / mean degraded for distances (the sign flipped
     for higher-is-better metrics): > 0 means better, 0.05 = 5 % closer to the reference.
     For clean input (shift 0) the degraded distance is 0, so ``rel`` is NaN and ``abs``
     (the mean distance of the output to its input) says how much the model changed it.
+    ``by_shift=False`` pools every shift of a shifter (shift ``"all"``).
     """
     out = []
-    keys = list(dict.fromkeys((r["shifter"], r["shift"]) for r in rows if r["checkpoint"] == label))
+    mine = [r for r in rows if r["checkpoint"] == label]
+    keys = list(dict.fromkeys((r["shifter"], r["shift"] if by_shift else "all") for r in mine))
     for shifter, shift in keys:
-        sel = [r for r in rows if r["checkpoint"] == label and r["shifter"] == shifter and r["shift"] == shift]
+        sel = [r for r in mine if r["shifter"] == shifter and (not by_shift or r["shift"] == shift)]
         cell = {"shifter": shifter, "shift": shift, "n": len(sel),
                 "trained": shifter in trained or shifter == "recipe", "metrics": {}}
         for m in metrics:

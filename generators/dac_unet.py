@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .base import Generator
 from .layers import DownBlock, ResidualUnit, SkipMode, Snake1d, UpBlock, WNConv1d, units_span
@@ -96,10 +97,10 @@ class DacUNet(Generator):
             self.build_gain_path(widths[-1], WNConv1d(widths[-1], 1, kernel_size=3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
-        batch, _, length = x.shape
+        length = x.shape[-1]
         p = self.cfg.patch_size
         h = F.pad(x, (0, -length % self.cfg.total_stride))
-        h = h.reshape(batch, -1, p).transpose(1, 2)  # (B, 1, T') -> (B, P, T' / P)
+        h = rearrange(h, "b 1 (t p) -> b p t", p=p)  # patching: P consecutive samples -> P channels
         h = self.stem(h)  # -> (B, C0, L0)
         skips = []
         for down in self.downs:
@@ -112,7 +113,7 @@ class DacUNet(Generator):
         h = self.head(h)  # -> (B, P, L0)
         if self.cfg.output_activation == "tanh":
             h = torch.tanh(h)
-        y = h.transpose(1, 2).reshape(batch, 1, -1)[..., :length]  # (B, P, L0) -> (B, 1, T') -> (B, 1, T)
+        y = rearrange(h, "b p t -> b 1 (t p)")[..., :length]  # un-patching, then the crop to (B, 1, T)
         if gain is not None:
             return x * (1 + gain[..., :length]) + y
         return x + y if self.cfg.residual else y
