@@ -77,6 +77,7 @@ class DataConfig:
     silence_db: float = -50.0  # crops quieter than this (RMS, dBFS) are redrawn ...
     quiet_fraction: float = 0.0  # ... except this share of them, kept as they are (quiet passages)
     silence_fraction: float = 0.0  # share of training crops replaced by digital silence (clean = degraded = 0)
+    identity_fraction: float = 0.0  # share of training crops whose input is the clean audio itself (leave it alone)
     gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [lo, hi]: per-crop level, uniform in dB
     # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
     # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
@@ -95,7 +96,7 @@ class DataConfig:
             raise ConfigError("data.segment_length and data.batch_size: must be positive")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers: must be >= 0")
-        for name in ("quiet_fraction", "silence_fraction", "bandlimit_fraction"):
+        for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}: must be in [0, 1]")
         if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1] or self.gain_db[1] > 0:

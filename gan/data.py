@@ -12,9 +12,11 @@ length; an item shorter than a crop sits at a random offset in a zero-padded cro
 Crops whose clean RMS is below ``data.silence_db`` are redrawn (up to ``MAX_TRIES``
 times), except a share ``data.quiet_fraction`` of them, kept so quiet passages are seen.
 Each crop pairs the clean audio with one random cached variant (round trip) of its item.
-Training batches are then augmented (validation crops are not): each crop's pair is scaled
-by one gain drawn uniformly in ``data.gain_db`` (level robustness), and a share
-``data.silence_fraction`` of crops becomes digital silence on both sides (silence stays silent).
+Training batches are then augmented (validation crops are not): a share
+``data.identity_fraction`` of crops gets the clean audio as its input (clean input is left
+alone), each crop's pair is scaled by one gain drawn uniformly in ``data.gain_db`` (level
+robustness), and a share ``data.silence_fraction`` of crops becomes digital silence on both
+sides (silence stays silent).
 """
 from __future__ import annotations
 
@@ -142,7 +144,12 @@ class TrainStream:
 
 
 def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig) -> None:
-    """In place on clean, degraded ``(B, T)``: one gain per crop from ``data.gain_db``, then silence for a share."""
+    """In place on clean, degraded ``(B, T)`` and shift ``(B,)``: a share of crops gets the clean audio as input
+    (shift 0), then one gain per crop from ``data.gain_db``, then silence for a share."""
+    if cfg.identity_fraction:
+        same = rng.random(len(crops["clean"])) < cfg.identity_fraction
+        crops["degraded"][same] = crops["clean"][same]
+        crops["shift"][same] = 0
     lo, hi = cfg.gain_db
     if lo != hi or lo != 0.0:
         gain = (10.0 ** (rng.uniform(lo, hi, len(crops["clean"])) / 20)).astype(np.float32)[:, None]  # (B, 1)

@@ -219,3 +219,9 @@ def test_quiet_fraction_keeps_a_share_of_quiet_crops(cache):
         return float((crops.abs().amax(dim=(1, 2)) == 0).float().mean())
     assert silent_share() == 0.0
     assert 0.1 < silent_share(quiet_fraction=1.0) < 0.35
+
+
+def test_identity_fraction_feeds_clean_audio_as_input(cache):
+    b = TrainStream(cache, cfg_for(cache, identity_fraction=0.5)).batch(2)
+    same = (b["degraded"] == b["clean"]).all(dim=2)[:, 0]
+    assert 16 <= int(same.sum()) <= 48 and (b["shift"][same] == 0).all() and (b["shift"][~same] != 0).all()
