@@ -361,7 +361,9 @@ def plot_matrix(report: dict, path: str | Path, label: str = "A") -> None:
     ax.set_yticks(range(len(cells)), [f"{c['shifter']}{'' if c['trained'] else '*'} {c['shift']}" for c in cells],
                   fontsize=7)
     fig.colorbar(im, ax=ax, label="improvement of the mean distance, %")
-    ax.set_title(f"{Path(report['checkpoints'][label]['path']).name}: * = not in the training mix", fontsize=8)
+    info = report["checkpoints"][label]
+    ax.set_title(f"{Path(info['path']).parent.parent.parent.name} step {info['step']}: * = not in the training mix",
+                 fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
