@@ -338,7 +338,7 @@ def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
 
 def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tmp_path, capsys, monkeypatch):
     from gan.config import ConfigError
-    from gan.trainer import run_from_args
+    from gan.run import run_from_args
 
     monkeypatch.chdir(tmp_path)
     cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3)

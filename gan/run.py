@@ -1,0 +1,124 @@
+"""Starting a run the way ``launch/train.py`` does: config lookup, run directory, resume with the
+run's own settings, fine-tuning from another run's weights, CPU threads.
+
+    trainer = run_from_args("cpu", None, ["trainer.max_steps=10"], resume="auto")
+    trainer.train()
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .config import Config, ConfigError, load_config, to_dict
+from .errors import first_line
+from .trainer import Trainer
+
+
+def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, say=print) -> None:
+    """Load G (and D, when its weights are there) from a run or step directory of another run.
+
+    Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
+    else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
+    network's weights do not fit its config here.
+    """
+    from safetensors.torch import load_file
+
+    from .checkpoint import resolve_resume
+    from .inference import strip_wrapper_prefixes
+
+    step = resolve_resume(path, str(path))
+    sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
+    if not sources[0][2].is_file():
+        sources = [(g, "generator", step / "generator.pt")]
+    for net, name, file in sources:
+        if not file.is_file():
+            continue
+        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
+        try:
+            net.load_state_dict(strip_wrapper_prefixes(state))
+        except RuntimeError as e:
+            raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
+                                  f"({first_line(e)[:160]})") from None
+    loaded = " and ".join(name for _, name, file in sources if file.is_file())
+    say(f"initialised the {loaded} from {step}; optimizer and schedules start fresh")
+
+
+def cpu_threads(setting: int) -> int:
+    """Intra-op threads for one process: the setting, else $OMP_NUM_THREADS, else usable cores / local processes."""
+    if setting:
+        return setting
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    from .cache import usable_cores
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, usable_cores() // max(1, local))
+
+
+# What --set may change when a run resumes; anything else would rewrite the run's history.
+RESUMABLE = ("trainer.max_steps", "trainer.log_every", "trainer.val_every", "trainer.save_every",
+             "trainer.save_every_minutes", "trainer.keep_last", "trainer.keep_every", "trainer.max_nonfinite_skips",
+             "trainer.threads", "data.num_workers", "optim.generator.lr", "optim.generator.muon_lr",
+             "optim.discriminator.lr", "optim.discriminator.muon_lr", "optim.generator.grad_clip",
+             "optim.discriminator.grad_clip")
+
+
+def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
+    """The config a run resumes with: its own resolved ``config.yaml`` plus the mid-run ``--set`` changes.
+
+    Each change is said in one line; ``trainer.warmup_steps`` may change while the step is
+    below both values (the stage boundary has not been passed). Raises ``ConfigError``
+    naming the key for any other change.
+    """
+    import yaml
+
+    from .config import config_from_dict
+
+    saved = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
+    cfg = config_from_dict(to_dict(saved), overrides)
+    step = int(checkpoint.name.rsplit("_", 1)[-1]) if checkpoint.name.startswith("step_") else 0
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        old, new = _get(saved, key), _get(cfg, key)
+        if old == new:
+            continue
+        stage_ok = key == "trainer.warmup_steps" and step < min(old, new)
+        if key not in RESUMABLE and not stage_ok:
+            raise ConfigError(f"--set {key}: cannot change when resuming at step {step} (it would rewrite the "
+                              f"run's history: {old!r} -> {new!r}); start a new --run-dir instead")
+        say(f"resume: {key} {old!r} -> {new!r}")
+    return cfg
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for k in dotted.split("."):
+        node = node[int(k)] if isinstance(node, list) else getattr(node, k)
+    return node
+
+
+def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume: str | None,
+                  init_from: str | None = None) -> Trainer:
+    """Build a trainer the way ``launch/train.py`` does (config lookup, run dir, resume).
+
+    The run directory defaults to ``runs/<config name>``, or to the folder of a run's own
+    ``config.yaml`` given as ``--config``. A resumed run takes its settings from its
+    checkpoint (``resume_config``), not from ``config``.
+    """
+    from .checkpoint import resolve_resume
+    from .config import resolve_config_path
+
+    path = resolve_config_path(config)
+    if run_dir is None:
+        own_run = path.name == "config.yaml" and (path.parent / "checkpoints").is_dir()
+        run_dir = path.parent if own_run else Path("runs") / path.stem
+    run_dir = Path(run_dir)
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is not None and (checkpoint / "config.yaml").is_file():
+        cfg = resume_config(checkpoint, overrides)
+    else:
+        cfg = load_config(config, overrides)
+    return Trainer(cfg, run_dir, resume=checkpoint, init_from=Path(init_from) if init_from else None)
