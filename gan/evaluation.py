@@ -197,7 +197,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
         name = f"{ex.file} {ex.shifter} {ex.shift}"
         deg = suite.score(ex.clean, ex.degraded, name)
         for label, enh in zip(labels, enhancers):
-            est = enh.enhance(ex.degraded[None], RATE)[0]
+            est = enh.enhance(ex.degraded[None], RATE, name=name)[0]
             sc = suite.score(ex.clean, est, name)
             row = {"file": ex.file, "shifter": ex.shifter, "shift": ex.shift, "checkpoint": label,
                    "seconds": len(ex.clean) / RATE}

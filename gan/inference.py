@@ -318,7 +318,7 @@ class Enhancer:
         x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
         squeeze = x.dim() == 1
         x = x[None] if squeeze else x
-        gain = level_gain(float(x.abs().max()) if x.numel() else 0.0, name)
+        gain = level_gain(float(x.abs().max()) if x.numel() else 0.0, name)  # one note per input
         blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked, gain=gain)
         parts = list(blocks)
         y = torch.cat(parts, dim=-1)[:, : x.shape[-1]] if parts else x.clone()
@@ -403,12 +403,13 @@ MAX_INPUT_PEAK = 0.99  # training pieces peak at most here (gan.cache.MAX_PEAK)
 
 
 def level_gain(peak: float, name: str) -> float:
-    """Gain that brings a signal peaking at ``peak`` into the training range (<= 0.99); 1 when it is already there.
+    """Gain for a signal peaking at ``peak``: 1 up to full scale; above it (a float file), the gain that
+    brings the peak to 0.99, the top of the training range.
 
-    A hotter input (a float file above full scale) is scaled down before the model and
-    back up after it, so the output keeps the input's level; a one-line note says so.
+    A hotter input is scaled down before the model and back up after it, so the output
+    keeps the input's level; a one-line note says so.
     """
-    if not math.isfinite(peak) or peak <= MAX_INPUT_PEAK:
+    if not math.isfinite(peak) or peak <= 1.0:
         return 1.0
     gain = MAX_INPUT_PEAK / peak
     print(f"note: {name}: peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by {20 * math.log10(gain):.1f} dB "

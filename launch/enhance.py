@@ -1,4 +1,4 @@
-"""Clean audio files with a trained generator (any length, sample rate and channel count).
+r"""Clean audio files with a trained generator (any length, sample rate and channel count).
 
     python launch/enhance.py --checkpoint runs/demo -o out/ song.flac folder/
     python launch/enhance.py --checkpoint runs/demo --shift 3 -o out/ vocal.wav   # shift, then clean

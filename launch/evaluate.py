@@ -1,10 +1,10 @@
-"""Score a checkpoint (or compare two) on clean recordings degraded like the training data.
+r"""Score a checkpoint (or compare two) on clean recordings degraded like the training data.
 
     python launch/evaluate.py --checkpoint runs/demo --data data/demo --json eval.json
     python launch/evaluate.py --checkpoint runs/demo --data cache/demo --json eval.json   # a cache's val split
     python launch/evaluate.py --compare runs/a runs/b --data DIR --json cmp.json --plot cmp.png
-    python launch/evaluate.py --checkpoint runs/cpu --data data/heldout --shifters torchaudio,wsola,librosa \
-        --shift 12 -12 5 -3 0 --plot matrix.png          # shifter x metric matrix on unseen recordings
+    python launch/evaluate.py --checkpoint runs/cpu --data data/heldout --shift 12 -12 5 -3 0 \
+        --shifters torchaudio,wsola,librosa --plot matrix.png   # shifter x metric matrix on unseen recordings
 
 For every example: metrics of the degraded input and of the enhanced output against the
 clean reference, and the improvement (positive = better). Prints a summary table (mean,
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifters", help="comma list: degrade --data on the fly with these shifters and print the "
                                       "shifter x metric matrix (e.g. torchaudio,signalsmith,wsola,librosa,rubberband)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="cache split (default val)")
-    p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + installed visqol,pesq,stoi,dnsmos)")
+    p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + visqol when installed; the "
+                                     "speech metrics pesq,stoi,dnsmos run only when named)")
     p.add_argument("--max-seconds", type=float, help="score only the first S seconds of each recording")
     p.add_argument("--chunk-seconds", type=float, default=5.0)
     p.add_argument("--device", default=None)
