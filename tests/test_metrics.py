@@ -148,6 +148,7 @@ def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
     report = evaluate([tmp_path / "a"], tmp_path / "cache", metrics=["lsd"], progress=False)
     assert [r["file"] for r in report["rows"]] == [f"{it['file']}#{it['piece']}" for it in val]
     assert all(r["shift"] == "+12" and r["lsd_degraded"] > 0 for r in report["rows"])
+    assert report["verdict"]["A"]["lsd"]["verdict"] in ("better", "worse", "no significant change")
     (cell,) = report["matrix"]["A"]  # a cache: one row per shifter, every shift pooled
     assert (cell["shifter"], cell["shift"], cell["n"]) == ("torchaudio", "all", len(val))
     with pytest.raises(Exception, match="has no shift"):

@@ -374,3 +374,29 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_pat
     with pytest.raises(CheckpointError, match="its generator weights do not fit"):
         Trainer(config_from_dict(tiny_dict(*tiny_data), ["generator.channels=8"]), tmp_path / "c", progress=False,
                 init_from=tmp_path / "a")
+
+
+def test_automatic_threads_leave_busy_cores_free(monkeypatch):
+    import os
+
+    from gan.run import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("gan.cache.usable_cores", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # another job busy on one core
+    assert cpu_threads(0) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert cpu_threads(0) == 2 and cpu_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpu_threads(0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cpu_threads(0) == 4
+
+
+def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, warmup_steps=1)
+    out = subprocess.run([PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir",
+                          str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Setting accelerator to CPU" not in out.stdout + out.stderr
+    assert "fresh start; run directory" in out.stdout
