@@ -51,7 +51,8 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     from gan.errors import UnshiftError
-    from gan.evaluation import evaluate, format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
+    from gan.evaluation import evaluate
+    from gan.report import format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
     try:
         report = evaluate(args.compare or [args.checkpoint], args.data, shifts=args.shift,

@@ -203,7 +203,8 @@ def tone_folder(path, files=3, seconds=0.5):
 
 
 def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_path, capsys, registry):  # noqa: F811
-    from gan.evaluation import evaluate, format_matrix, plot_matrix
+    from gan.evaluation import evaluate
+    from gan.report import format_matrix, plot_matrix
 
     write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
                                       "residual": True, "output_activation": "none"})  # untrained: the identity
