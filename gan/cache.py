@@ -200,6 +200,8 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
     processes) sharing a filesystem are serialised by a lock file beside the cache, so the
     cache is built once and the others find it ready.
     """
+    if data_cfg.cache_only:  # read only: no lock, so a cache on a read-only disk works
+        return _ensure_cache(data_cfg, rebuild, progress, num_workers)
     lock_path = Path(data_cfg.cache_dir).parent / f".{Path(data_cfg.cache_dir).name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:
@@ -476,7 +478,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
             "config_hash": config_hash(cache_settings(cfg)),
             "sources_hash": sources_hash(files, root),
             "settings": cache_settings(cfg),
-            "audio_dir": str(root),
+            "audio_dir": str(root.resolve()),  # absolute: compared whatever the working directory
             "dtype": "int16", "scale": SCALE,
             "shifts": list(cfg.degrade.shifts),
             "variants": num_variants(cfg.degrade),
