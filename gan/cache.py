@@ -281,7 +281,7 @@ def bandlimit(clean: np.ndarray, rel: str, piece: int, seed: int) -> tuple[np.nd
     """
     import io
 
-    u = [int(config_hash(f"bandlimit|{seed}|{rel}#{piece}|{i}"), 16) / 16.0**16 for i in range(2)]
+    u = [_unit_hash(f"bandlimit|{seed}|{rel}#{piece}|{i}") for i in range(2)]
     if u[0] < 0.5:
         fmt, subtype = ("MP3", "MPEG_LAYER_III") if u[0] < 0.25 else ("OGG", "VORBIS")
         level = round(0.3 + 0.6 * u[1], 2)

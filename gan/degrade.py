@@ -18,8 +18,9 @@ names each one's family, package and licence). All are deterministic.
   ``cfg.hop_length``. torchaudio's own function resamples by ``int(rate / ratio) : rate``,
   whose sinc kernel needs tens of GB for non-octave shifts at 96 kHz; here that ratio is
   reduced to a fraction with denominator <= 1000 (pitch error < 0.001 cent; the numerator
-  reaches about 2000 for shifts down, see ``reduced_ratio``). For octave shifts the result
-  equals ``torchaudio.functional.pitch_shift`` exactly.
+  reaches about 2000 for shifts down, see ``reduced_ratio``). Its phase vocoder runs in
+  double precision (no drift on long files; ``gan.stream_shift`` streams the same): for
+  octave shifts the result equals ``torchaudio.functional.pitch_shift`` run in double.
 - ``librosa`` (phase vocoder, a second implementation): ``librosa.effects.time_stretch``
   (n_fft 2048, hop 512) then the same resampling by the pitch ratio (librosa's own
   ``pitch_shift`` resamples with soxr, ten times slower here at 96 kHz).

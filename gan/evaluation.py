@@ -34,7 +34,7 @@ import numpy as np
 
 from gan.audio import AudioError, find_audio_files, read_audio
 from gan.cache import degrade_piece, mono_model_rate, piece_bounds
-from gan.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, paired_test, summarize
+from gan.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
 
 RATE = 48000
 KINDS = ("degraded", "enhanced", "improvement")
@@ -52,12 +52,17 @@ class Example:
 SILENT_DB = -60.0  # references whose RMS is below this (dBFS) are skipped: every distance to them is meaningless
 
 
+def rms_dbfs(x) -> float:
+    """RMS level of a signal in dBFS (-300 for digital silence)."""
+    return 10 * math.log10(float(np.mean(np.square(np.asarray(x, np.float64)))) + 1e-30)
+
+
 def usable_reference(name: str, clean: np.ndarray) -> bool:
     """False, with a one-line note, for an empty or silent reference."""
     if clean.size == 0:
         print(f"note: {name}: empty; skipped", file=sys.stderr)
         return False
-    rms_db = 10 * math.log10(float(np.mean(np.square(clean, dtype=np.float64))) + 1e-30)
+    rms_db = rms_dbfs(clean)
     if rms_db < SILENT_DB:
         print(f"note: {name}: silent (RMS {rms_db:.0f} dBFS < {SILENT_DB:.0f}); skipped", file=sys.stderr)
         return False
@@ -241,12 +246,8 @@ def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
     """
     rng = np.random.default_rng(0)
     n = 2 * RATE
-
-    def rms_db(y) -> float:
-        return 10 * math.log10(float(np.mean(np.square(np.asarray(y, np.float64)))) + 1e-30)
-
-    out = {"silence_out_dbfs": rms_db(enhancer.enhance(np.zeros(n, np.float32))),
-           "noise_floor_out_dbfs": rms_db(enhancer.enhance(
+    out = {"silence_out_dbfs": rms_dbfs(enhancer.enhance(np.zeros(n, np.float32))),
+           "noise_floor_out_dbfs": rms_dbfs(enhancer.enhance(
                (rng.standard_normal(n) * 10 ** (-80 / 20)).astype(np.float32)))}
     files = find_audio_files(data_dir) if data_dir is not None and Path(data_dir).is_dir() else []
     if files:
@@ -271,19 +272,6 @@ def verdict(degraded, enhanced, metric: str, alpha: float = 0.01) -> dict:
 def loaded_mix(loaded) -> list[str]:
     """The shifters a checkpoint trained on (positive weight in its config)."""
     return sorted(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0)
-
-
-def one_sided_p(degraded, enhanced, higher_is_better: bool) -> tuple[float, float]:
-    """Paired Wilcoxon signed-rank p-values for "enhanced is better" and for "enhanced is worse"."""
-    from scipy import stats
-
-    d, e = np.asarray(degraded, np.float64), np.asarray(enhanced, np.float64)
-    keep = np.isfinite(d) & np.isfinite(e)
-    gain = (e - d)[keep] if higher_is_better else (d - e)[keep]  # > 0: better
-    if gain.size < 2 or not np.any(gain):
-        return math.nan, math.nan
-    return (float(stats.wilcoxon(gain, alternative="greater").pvalue),
-            float(stats.wilcoxon(gain, alternative="less").pvalue))
 
 
 def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: list[str],

@@ -36,6 +36,7 @@ import torch
 import torchaudio.functional as AF
 
 from gan.audio import AudioError, find_audio_files
+from gan.cache import MAX_PEAK
 from gan.checkpoint import CheckpointError, CheckpointManager
 from gan.config import Config, ConfigError, config_from_dict
 from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
@@ -399,9 +400,6 @@ class Enhancer:
         return dst
 
 
-MAX_INPUT_PEAK = 0.99  # training pieces peak at most here (gan.cache.MAX_PEAK)
-
-
 def level_gain(peak: float, name: str) -> float:
     """Gain for a signal peaking at ``peak``: 1 up to full scale; above it (a float file), the gain that
     brings the peak to 0.99, the top of the training range.
@@ -411,7 +409,7 @@ def level_gain(peak: float, name: str) -> float:
     """
     if not math.isfinite(peak) or peak <= 1.0:
         return 1.0
-    gain = MAX_INPUT_PEAK / peak
+    gain = MAX_PEAK / peak
     print(f"note: {name}: peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by {20 * math.log10(gain):.1f} dB "
           "into the model's range and back, so the output keeps its level", file=sys.stderr)
     return gain

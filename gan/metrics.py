@@ -195,3 +195,16 @@ def paired_test(a, b, higher_is_better: bool = True, alpha: float = 0.05) -> dic
         better = "b" if (d.mean() > 0) == higher_is_better else "a"
     return {**res, "ci95": [res["mean_diff"] - half, res["mean_diff"] + half], "t_p": t_p, "wilcoxon_p": w_p,
             "better": better}
+
+
+def one_sided_p(degraded, enhanced, higher_is_better: bool) -> tuple[float, float]:
+    """Paired Wilcoxon signed-rank p-values for "enhanced is better" and for "enhanced is worse"."""
+    from scipy import stats
+
+    d, e = np.asarray(degraded, np.float64), np.asarray(enhanced, np.float64)
+    keep = np.isfinite(d) & np.isfinite(e)
+    gain = (e - d)[keep] if higher_is_better else (d - e)[keep]  # > 0: better
+    if gain.size < 2 or not np.any(gain):
+        return math.nan, math.nan
+    return (float(stats.wilcoxon(gain, alternative="greater").pvalue),
+            float(stats.wilcoxon(gain, alternative="less").pvalue))

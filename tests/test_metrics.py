@@ -233,7 +233,7 @@ def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_pa
 
 
 def test_one_sided_p_values_say_better_or_worse():
-    from gan.evaluation import one_sided_p
+    from gan.metrics import one_sided_p
 
     deg = np.linspace(1.0, 2.0, 10)
     better, worse = one_sided_p(deg, deg - 0.1, higher_is_better=False)  # every distance shrinks

@@ -30,15 +30,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0)
 
 
-def _score(g: torch.nn.Module, examples: list, fns: dict) -> dict:
+def _score(g: torch.nn.Module, examples: list, suite) -> dict:
     sums: dict[tuple, list] = {}
     with torch.no_grad():
         for ex in examples:
-            clean, degraded = (torch.from_numpy(a)[None, None] for a in (ex.clean, ex.degraded))
-            enhanced = g(degraded)
-            for name, fn in fns.items():
-                sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append(
-                    (float(fn(degraded, clean)), float(fn(enhanced, clean))))
+            enhanced = g(torch.from_numpy(ex.degraded)[None, None])[0, 0]
+            before, after = suite.score(ex.clean, ex.degraded), suite.score(ex.clean, enhanced)
+            for name in suite.names:
+                sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append((before[name], after[name]))
     out: dict[str, dict] = {}
     for (tag, name), pairs in sums.items():
         a = np.asarray(pairs)
@@ -47,17 +46,16 @@ def _score(g: torch.nn.Module, examples: list, fns: dict) -> dict:
 
 
 def run(args) -> dict:
-    from gan.config import MelLossConfig, load_config
+    from gan.config import load_config
     from gan.data import make_train_loader
     from gan.evaluation import shifter_examples
-    from gan.losses import LogSpectralLoss, MRSTFTLoss, MultiScaleMelLoss
+    from gan.metrics import MetricSuite
     from gan.trainer import WARMUP, Trainer
 
     cfg = load_config(args.config, [*args.overrides, f"trainer.max_steps={args.steps}"])
     examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,
                                      args.seconds))
-    fns = {"mel": MultiScaleMelLoss(MelLossConfig()), "lsd": LogSpectralLoss([2048], eps=0.0),
-           "mrstft": MRSTFTLoss([2048, 1024, 512, 256, 128])}  # the metrics of gan.metrics
+    suite = MetricSuite(["mel", "lsd", "mrstft"], cfg.loss)  # the metrics of launch/evaluate.py
     out = {"config": args.config, "overrides": args.overrides, "heldout": args.heldout,
            "examples": len(examples), "curve": {}}
     torch.manual_seed(cfg.trainer.seed)
@@ -72,7 +70,7 @@ def run(args) -> dict:
                 g = tr.generator_for_inference()
                 was = g.training
                 g.eval()
-                out["curve"][i + 1] = _score(g, examples, fns)
+                out["curve"][i + 1] = _score(g, examples, suite)
                 g.train(was)
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         tr.close()
