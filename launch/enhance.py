@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    from gan.audio import AudioError
+    from gan.dsp.audio import AudioError
     from gan.errors import UnshiftError, report
-    from gan.inference import Enhancer, load_generator, output_paths
+    from gan.inference.enhance import Enhancer, load_generator, output_paths
 
     try:
         pairs = output_paths(args.inputs, args.out_dir)

@@ -51,8 +51,8 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     from gan.errors import UnshiftError
-    from gan.evaluation import evaluate
-    from gan.report import format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
     try:
         report = evaluate(args.compare or [args.checkpoint], args.data, shifts=args.shift,
@@ -68,8 +68,8 @@ def _main(argv=None) -> int:
     if "matrix" in report:
         print(format_matrix(report))
     if args.level_checks:
-        from gan.evaluation import level_checks
-        from gan.inference import Enhancer, load_generator
+        from gan.eval.evaluation import level_checks
+        from gan.inference.enhance import Enhancer, load_generator
 
         for label, info in report["checkpoints"].items():
             checks = level_checks(Enhancer(load_generator(info["path"]), chunk_seconds=args.chunk_seconds,

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    from gan.run import run_from_args
+    from gan.train.run import run_from_args
 
     trainer = run_from_args(args.config, args.run_dir, args.overrides, args.resume, args.init_from)
     try:

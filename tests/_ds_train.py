@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (deepspeed.comm.torch is torch)
 
-from gan.trainer import Trainer  # noqa: E402
+from gan.train.trainer import Trainer  # noqa: E402
 from launch.train import main  # noqa: E402
 
 _close = Trainer.close

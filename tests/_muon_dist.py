@@ -21,9 +21,9 @@ from torch.nn.utils.parametrizations import weight_norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gan.muon  # noqa: E402
-from gan.config import OptimizerConfig  # noqa: E402
-from gan.optim import build_optimizer  # noqa: E402
+import gan.optim.muon  # noqa: E402
+from gan.config.schema import OptimizerConfig  # noqa: E402
+from gan.optim.params import build_optimizer  # noqa: E402
 
 STEPS = 5
 RESUME_AT = 2
@@ -124,16 +124,16 @@ def main() -> None:
     acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
     flops = [0.0]
-    ns = gan.muon.newton_schulz
+    ns = gan.optim.muon.newton_schulz
 
     def counting_ns(X, steps=5, dtype=None, eps=1e-7):
         m, n = sorted(X.shape[-2:])
-        flops[0] += (X.shape[0] if X.ndim == 3 else 1) * gan.muon.ns_flops(m, n, steps)
+        flops[0] += (X.shape[0] if X.ndim == 3 else 1) * gan.optim.muon.ns_flops(m, n, steps)
         return ns(X, steps, dtype, eps)
 
-    gan.muon.newton_schulz = counting_ns
+    gan.optim.muon.newton_schulz = counting_ns
     model, opt = run(STEPS, accelerator=acc)
-    gan.muon.newton_schulz = ns
+    gan.optim.muon.newton_schulz = ns
     full = _state(model, acc)
     resumed = train(STEPS, RESUME_AT, args.out.with_suffix(".ckpt"), accelerator=acc)
 

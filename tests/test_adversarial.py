@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan.adversarial import AdversarialLoss, frozen
+from gan.losses.adversarial import AdversarialLoss, frozen
 
 FAKE = [0.5, 0.25]
 REAL = [1.0, 0.0]

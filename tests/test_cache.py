@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import gan.cache as cache_mod
-from gan.audio import read_audio, resample, to_mono
-from gan.cache import CacheError, cache_status, ensure_cache, open_cache, split_of
-from gan.config import DataConfig, DegradeConfig
-from gan.degrade import round_trip
+import gan.data.cache as cache_mod
+from gan.dsp.audio import read_audio, resample, to_mono
+from gan.data.cache import CacheError, cache_status, ensure_cache, open_cache, split_of
+from gan.config.schema import DataConfig, DegradeConfig
+from gan.dsp.shifters import round_trip
 
 from conftest import DEMO_AUDIO, ROOT
 from test_degrade import one_thread  # noqa: F401  (autouse fixture: one torch thread)
@@ -162,7 +162,7 @@ def test_killed_preprocess_leaves_no_valid_cache_and_workers_match_in_process(tm
         (audio_dir / f"copy{i}.flac").write_bytes((DEMO_AUDIO / "loop_amen.flac").read_bytes())
     cfg = make_cfg(tmp_path, audio_dir)
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from gan.config import DataConfig, DegradeConfig\nfrom gan.cache import ensure_cache\n"
+              "from gan.config.schema import DataConfig, DegradeConfig\nfrom gan.data.cache import ensure_cache\n"
               f"if __name__ == '__main__':\n"
               f"    d = DegradeConfig(shifts=[-10, 12], shifters={{'torchaudio': 1.0, 'signalsmith': 1.0}}, n_fft=1024)\n"
               f"    ensure_cache(DataConfig(audio_dir={cfg.audio_dir!r}, cache_dir={cfg.cache_dir!r}, "
@@ -298,7 +298,7 @@ def test_bandlimited_pieces_are_training_pieces_only(tmp_path, audio_dir):
 
 @pytest.mark.parametrize("name", ["gan_dac", "gan_wavunet"])
 def test_production_configs_require_an_audio_folder(name, tmp_path):
-    from gan.config import ConfigError, load_config
+    from gan.config.schema import ConfigError, load_config
 
     cfg = load_config(name, [f"data.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match=r"^data\.audio_dir: <your music folder> is a placeholder; .*--set data\.audio_dir="):
@@ -307,7 +307,7 @@ def test_production_configs_require_an_audio_folder(name, tmp_path):
 
 
 def test_a_cache_is_never_replaced_by_one_of_other_recordings(tmp_path, audio_dir):
-    from gan.audio import AudioError
+    from gan.dsp.audio import AudioError
 
     cfg = make_cfg(tmp_path, audio_dir)
     path = ensure_cache(cfg, progress=False, num_workers=0)
@@ -331,8 +331,8 @@ def test_a_cache_is_never_replaced_by_one_of_other_recordings(tmp_path, audio_di
 def test_processes_sharing_a_cache_folder_build_it_once(tmp_path, audio_dir):
     """Two launches (machines sharing a filesystem, or two local ranks) at once: one builds, one waits and reuses."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from gan.cache import ensure_cache\n"
-            "from gan.config import DataConfig, DegradeConfig\n"
+            "from gan.data.cache import ensure_cache\n"
+            "from gan.config.schema import DataConfig, DegradeConfig\n"
             "d = DegradeConfig(shifts=[12], n_fft=1024)\n"
             "ensure_cache(DataConfig(audio_dir=%r, cache_dir=%r, val_fraction=0.5, degrade=d), num_workers=0)\n"
             % (str(ROOT), str(audio_dir), str(tmp_path / "cache")))

@@ -1,6 +1,6 @@
 import pytest
 
-from gan.checkpoint import CheckpointError, CheckpointManager, resolve_resume
+from gan.train.checkpoint import CheckpointError, CheckpointManager, resolve_resume
 
 
 def _save(m: CheckpointManager, step: int) -> None:

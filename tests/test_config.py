@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import discriminators
 import generators
-from gan.config import (CONFIG_DIR, ConfigError, TrainerConfig, _build, config_from_dict, config_hash,
+from gan.config.schema import (CONFIG_DIR, ConfigError, TrainerConfig, _build, config_from_dict, config_hash,
                         dump_config, load_config, resolve_config_path)
 import yaml
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from gan.cache import FORMAT, CacheError, array_name
-from gan.data import TrainStream, load_val_set, make_train_loader
-from gan.config import DataConfig
+from gan.data.cache import FORMAT, CacheError, array_name
+from gan.data.loader import TrainStream, load_val_set, make_train_loader
+from gan.config.schema import DataConfig
 
 SHIFTS = [-12, 12]
 # train items: each sample of item k is (k + 1) * 1000 (int16); the silent one is 0.
@@ -153,8 +153,8 @@ class _ZeroDraws:
 
 @pytest.mark.parametrize("name", ["short.wav", "v2.wav"])  # a short item in the middle / at the end of a split
 def test_short_item_at_position_zero_stays_inside_its_item(cache, name):
-    from gan.cache import open_cache
-    from gan.data import CropSampler
+    from gan.data.cache import open_cache
+    from gan.data.loader import CropSampler
     split_name, items = ("train", TRAIN) if name in TRAIN else ("val", VAL)
     split = open_cache(cache).split(split_name)
     k = list(items).index(name)
@@ -184,7 +184,7 @@ def _zombie_children() -> list[int]:
 
 def test_closing_the_loader_reaps_workers_stuck_in_a_batch(cache, monkeypatch):
     import time
-    import gan.data as data_mod
+    import gan.data.loader as data_mod
     monkeypatch.setattr(data_mod, "STOP_SECONDS", 0.2)
     loader = make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=2), 0, 1)
     real = TrainStream.batch

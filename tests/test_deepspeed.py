@@ -17,9 +17,9 @@ deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed not installed (ma
 from accelerate.state import AcceleratorState  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
-from gan import ds  # noqa: E402
-from gan.checkpoint import CheckpointError  # noqa: E402
-from gan.config import ConfigError, config_from_dict  # noqa: E402
+from gan.train import ds  # noqa: E402
+from gan.train.checkpoint import CheckpointError  # noqa: E402
+from gan.config.schema import ConfigError, config_from_dict  # noqa: E402
 from test_trainer import _write_config, make_trainer, tiny_data, tiny_dict  # noqa: E402,F401
 
 PY = sys.executable
@@ -71,7 +71,7 @@ def _cfg(tiny_data, overrides=(), **trainer):
 
 
 def test_muon_is_refused_at_start_with_one_line(tiny_data, tmp_path, zero):
-    from gan.trainer import Trainer
+    from gan.train.trainer import Trainer
 
     zero()
     cfg = _cfg(tiny_data, ["optim.discriminator.name=muon"])
@@ -156,7 +156,7 @@ def test_resume_refuses_the_other_backend_and_another_world_size(tmp_path):
 
 
 def _batches(tr, n):
-    from gan.data import make_train_loader
+    from gan.data.loader import make_train_loader
 
     it = iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1))
     dev = tr.accelerator.device
@@ -259,7 +259,7 @@ def test_zero2_bf16_autocast_keeps_fp32_weights(tiny_data, tmp_path, zero):
 
 @cpu_exact
 def test_zero2_resume_is_identical_and_checkpoint_is_deepspeed_format(tiny_data, tmp_path, zero):
-    from gan.trainer import Trainer
+    from gan.train.trainer import Trainer
 
     zero()
     tr = make_trainer(tiny_data, tmp_path / "a", ema_decay=0.9)

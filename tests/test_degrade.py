@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from gan.config import ConfigError, DegradeConfig
-from gan.degrade import SHIFTERS, apply_shift, check_shifters, choose_shifter, round_trip, shift_torchaudio
+from gan.config.schema import ConfigError, DegradeConfig
+from gan.dsp.shifters import SHIFTERS, apply_shift, check_shifters, choose_shifter, round_trip, shift_torchaudio
 
 SR = 48000
 NOISE = np.random.default_rng(0).standard_normal(12001).astype(np.float32) * 0.1  # 0.25 s, odd length

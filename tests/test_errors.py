@@ -6,12 +6,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from gan.audio import AudioError
-from gan.cache import CacheError
-from gan.checkpoint import CheckpointError
-from gan.config import ConfigError
+from gan.dsp.audio import AudioError
+from gan.data.cache import CacheError
+from gan.train.checkpoint import CheckpointError
+from gan.config.schema import ConfigError
 from gan.errors import UnshiftError
-from gan.trainer import NonFiniteError
+from gan.train.trainer import NonFiniteError
 from test_trainer import tiny_dict
 
 sys.path.insert(0, str(ROOT / "launch"))

@@ -16,10 +16,10 @@ import torchaudio.functional as AF
 import discriminators
 import generators
 from conftest import ROOT
-from gan.audio import AudioError
-from gan.checkpoint import CheckpointError
-from gan.config import DegradeConfig, config_from_dict, dump_config, to_dict
-from gan.inference import (BlockReader, Enhancer, LoadedGenerator, load_generator, output_paths, plan_windows,
+from gan.dsp.audio import AudioError
+from gan.train.checkpoint import CheckpointError
+from gan.config.schema import DegradeConfig, config_from_dict, dump_config, to_dict
+from gan.inference.enhance import (BlockReader, Enhancer, LoadedGenerator, load_generator, output_paths, plan_windows,
                            resample_blocks, tensor_blocks)
 from tiny_configs import tiny_dac_unet, tiny_wavunet
 
@@ -231,7 +231,7 @@ def test_enhance_cli_identity_shift_0_returns_input(tmp_path, registry, monkeypa
                          str(tmp_path / "out"), str(tmp_path / "in")]) == 0
     y, sr = sf.read(tmp_path / "out" / "in" / "a.wav", dtype="float32")
     assert sr == 48000 and np.array_equal(y, x)
-    from gan.degrade import apply_shift  # --shift 3 with identity weights = the training shifter alone
+    from gan.dsp.shifters import apply_shift  # --shift 3 with identity weights = the training shifter alone
     assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--shift", "3", "--quiet", "-o",
                          str(tmp_path / "s3"), str(tmp_path / "in" / "a.wav")]) == 0
     y, _ = sf.read(tmp_path / "s3" / "a.wav", dtype="float32")
@@ -269,7 +269,7 @@ def test_ten_minute_file_streams_with_bounded_memory(tmp_path):
 
 @pytest.mark.parametrize("semitones", [12, -5])
 def test_streamed_phase_vocoder_equals_torchaudio(semitones):
-    from gan.stream_shift import _stretch_blocks
+    from gan.dsp.stream import _stretch_blocks
 
     cfg, n_fft, hop = DegradeConfig(), 2048, 512
     x = torch.randn(2, 96000 + 333) * 0.1
@@ -286,8 +286,8 @@ def test_streamed_phase_vocoder_equals_torchaudio(semitones):
 
 
 def test_streamed_shift_matches_training_shifter_in_bounded_blocks(monkeypatch):
-    import gan.stream_shift as ss
-    from gan.degrade import apply_shift
+    import gan.dsp.stream as ss
+    from gan.dsp.shifters import apply_shift
 
     cfg = DegradeConfig()
     x = torch.randn(2, 2 * 44100 + 5) * 0.1
@@ -304,8 +304,8 @@ def test_streamed_shift_matches_training_shifter_in_bounded_blocks(monkeypatch):
 @pytest.mark.slow
 def test_streamed_shift_equals_whole_at_60_seconds():
     """No drift with position: the accumulated phase and the time steps are double precision on both paths."""
-    import gan.stream_shift as ss
-    from gan.degrade import apply_shift
+    import gan.dsp.stream as ss
+    from gan.dsp.shifters import apply_shift
 
     x = torch.randn(1, 60 * 48000, generator=torch.Generator().manual_seed(0)) * 0.1
     y = torch.cat(list(ss.stream_shift(tensor_blocks(x, 48000), 1, x.shape[-1], 48000, 7, DegradeConfig())), dim=-1)
@@ -317,7 +317,7 @@ def test_streamed_shift_equals_whole_at_60_seconds():
 
 
 def test_main_shifter_prefers_the_most_used_then_torchaudio():
-    from gan.inference import main_shifter
+    from gan.inference.enhance import main_shifter
 
     assert main_shifter(DegradeConfig(shifters={"signalsmith": 1.0, "torchaudio": 1.0})) == "torchaudio"
     assert main_shifter(DegradeConfig(shifters={"signalsmith": 2.0, "torchaudio": 1.0})) == "signalsmith"
@@ -326,8 +326,8 @@ def test_main_shifter_prefers_the_most_used_then_torchaudio():
 @pytest.mark.parametrize("semitones", [-10, -3, 7])
 def test_streamed_shift_handles_shifts_whose_pitch_ratio_has_a_long_numerator(semitones):
     """-10 and -3 reduce to ratios like 1723/967 (numerator > 1000); they stream like apply_shift."""
-    import gan.stream_shift as ss
-    from gan.degrade import apply_shift
+    import gan.dsp.stream as ss
+    from gan.dsp.shifters import apply_shift
 
     cfg = DegradeConfig()
     x = torch.randn(1, 48000 + 17) * 0.1
@@ -338,7 +338,7 @@ def test_streamed_shift_handles_shifts_whose_pitch_ratio_has_a_long_numerator(se
 
 
 def test_resampling_refuses_rates_that_need_a_huge_kernel():
-    from gan.degrade import MAX_KERNEL_SIZE, pitch_resample_rates, sinc_kernel_size
+    from gan.dsp.shifters import MAX_KERNEL_SIZE, pitch_resample_rates, sinc_kernel_size
 
     assert pitch_resample_rates(96000, -10) == (967, 1723)  # numerator > 1000: still a small kernel
     assert sinc_kernel_size(967, 1723) == 1723 * (967 + 2 * 7) < MAX_KERNEL_SIZE
@@ -440,7 +440,7 @@ def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry
 
 
 def test_checkpoint_saved_from_a_compiled_model_loads_and_load_errors_are_short(tmp_path, registry):
-    from gan.checkpoint import CheckpointError
+    from gan.train.checkpoint import CheckpointError
 
     cfg = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4]}
     model = write_checkpoint(tmp_path / "run", cfg)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import DEMO_AUDIO
-from gan.audio import read_audio, to_mono, write_audio
-from gan.cache import open_cache
-from gan.config import config_from_dict
-from gan.data import CropSampler
-from gan.trainer import Trainer
+from gan.dsp.audio import read_audio, to_mono, write_audio
+from gan.data.cache import open_cache
+from gan.config.schema import config_from_dict
+from gan.data.loader import CropSampler
+from gan.train.trainer import Trainer
 
 STEPS = 400
 MARGIN = 0.10  # the mel distance must fall at least 10 % below the degraded input's (measured: 19 %)

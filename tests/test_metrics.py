@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 
 from conftest import ROOT
-from gan.config import MelLossConfig
-from gan.losses import MultiScaleMelLoss
-from gan.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
+from gan.config.schema import MelLossConfig
+from gan.losses.reconstruction import MultiScaleMelLoss
+from gan.eval.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
                          summarize)
 from test_inference import registry, write_checkpoint  # noqa: F401  (fixture)
 
@@ -123,7 +123,7 @@ def test_evaluate_cli_compares_two_identical_checkpoints(tmp_path, registry):  #
 
 
 def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
-    from gan.evaluation import evaluate
+    from gan.eval.evaluation import evaluate
 
     write_checkpoint(tmp_path / "a", {"name": "toy"})
     clean = make_folder(tmp_path / "clean", files=1)
@@ -136,9 +136,9 @@ def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
 
 
 def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
-    from gan.cache import build_cache
-    from gan.config import DataConfig, DegradeConfig
-    from gan.evaluation import evaluate
+    from gan.data.cache import build_cache
+    from gan.config.schema import DataConfig, DegradeConfig
+    from gan.eval.evaluation import evaluate
 
     write_checkpoint(tmp_path / "a", {"name": "toy"})
     cfg = DataConfig(audio_dir=str(make_folder(tmp_path / "clean", seconds=0.3, files=3)),
@@ -157,9 +157,9 @@ def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
 
 def test_folder_examples_degrade_in_the_caches_pieces_with_its_keys(tmp_path, monkeypatch):
     """A file longer than a piece scores as its cache items: same pieces, same shifter per piece, same samples."""
-    import gan.cache as cache_mod
-    from gan.config import DataConfig, DegradeConfig
-    from gan.evaluation import folder_examples
+    import gan.data.cache as cache_mod
+    from gan.config.schema import DataConfig, DegradeConfig
+    from gan.eval.evaluation import folder_examples
 
     monkeypatch.setattr(cache_mod, "PIECE_SECONDS", 0.25)
     deg = DegradeConfig(shifts=[12], shifters={"torchaudio": 1.0, "signalsmith": 1.0}, seed=3)
@@ -203,8 +203,8 @@ def tone_folder(path, files=3, seconds=0.5):
 
 
 def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_path, capsys, registry):  # noqa: F811
-    from gan.evaluation import evaluate
-    from gan.report import format_matrix, plot_matrix
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_matrix, plot_matrix
 
     write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
                                       "residual": True, "output_activation": "none"})  # untrained: the identity
@@ -233,7 +233,7 @@ def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_pa
 
 
 def test_one_sided_p_values_say_better_or_worse():
-    from gan.metrics import one_sided_p
+    from gan.eval.metrics import one_sided_p
 
     deg = np.linspace(1.0, 2.0, 10)
     better, worse = one_sided_p(deg, deg - 0.1, higher_is_better=False)  # every distance shrinks
@@ -244,8 +244,8 @@ def test_one_sided_p_values_say_better_or_worse():
 
 
 def test_level_checks_of_the_identity(tmp_path, registry):  # noqa: F811
-    from gan.evaluation import level_checks
-    from gan.inference import Enhancer, load_generator
+    from gan.eval.evaluation import level_checks
+    from gan.inference.enhance import Enhancer, load_generator
 
     write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
                                       "residual": True, "output_activation": "none"})

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from conftest import ROOT
-from gan.muon import Muon, build_plan, matrix_shape, newton_schulz, ns_flops, update_scale
+from gan.optim.muon import Muon, build_plan, matrix_shape, newton_schulz, ns_flops, update_scale
 
 sys.path.insert(0, str(ROOT / "tests"))
 import _muon_dist  # noqa: E402

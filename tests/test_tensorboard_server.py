@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan.runlog import RunLogger
+from gan.train.runlog import RunLogger
 
 
 def free_port() -> int:

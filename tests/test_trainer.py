@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from conftest import DEMO_AUDIO, ROOT
-from gan.audio import read_audio, to_mono, write_audio
-from gan.checkpoint import CheckpointError, resolve_resume
-from gan.config import config_from_dict
-from gan.trainer import ADVERSARIAL, WARMUP, NonFiniteError, Trainer, stage_at
+from gan.dsp.audio import read_audio, to_mono, write_audio
+from gan.train.checkpoint import CheckpointError, resolve_resume
+from gan.config.schema import config_from_dict
+from gan.train.trainer import ADVERSARIAL, WARMUP, NonFiniteError, Trainer, stage_at
 
 PY = sys.executable
 
@@ -46,7 +46,7 @@ def tiny_data(tmp_path_factory):
         x, sr = read_audio(DEMO_AUDIO / f"{name}.flac")
         write_audio(audio / f"{name}.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
     cfg = config_from_dict(tiny_dict(audio, root / "cache"))
-    from gan.cache import ensure_cache
+    from gan.data.cache import ensure_cache
 
     ensure_cache(cfg.data, progress=False, num_workers=1)
     return audio, root / "cache"
@@ -73,7 +73,7 @@ def test_stage_is_a_pure_function_of_the_step():
 
 
 def test_warmup_step_changes_only_g_and_adversarial_step_changes_both(tiny_data, tmp_path):
-    from gan.data import make_train_loader
+    from gan.data.loader import make_train_loader
 
     tr = make_trainer(tiny_data, tmp_path / "run")
     batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
@@ -159,7 +159,7 @@ def test_kill_during_checkpoint_save_keeps_latest_valid(tiny_data, tmp_path, mon
 
 
 def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
-    from gan.data import make_train_loader
+    from gan.data.loader import make_train_loader
 
     tr = make_trainer(tiny_data, tmp_path / "run", max_nonfinite_skips=2)
     batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
@@ -265,7 +265,7 @@ def test_validation_without_val_data_is_skipped(tiny_data, tmp_path):
 
 
 def test_logged_lr_is_the_one_the_step_used(tiny_data, tmp_path):
-    from gan.data import make_train_loader
+    from gan.data.loader import make_train_loader
 
     tr = make_trainer(tiny_data, tmp_path / "run", overrides=["optim.generator.scheduler.warmup_steps=4"])
     batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
@@ -337,8 +337,8 @@ def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
 
 
 def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tmp_path, capsys, monkeypatch):
-    from gan.config import ConfigError
-    from gan.run import run_from_args
+    from gan.config.schema import ConfigError
+    from gan.train.run import run_from_args
 
     monkeypatch.chdir(tmp_path)
     cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3)
@@ -379,10 +379,10 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_pat
 def test_automatic_threads_leave_busy_cores_free(monkeypatch):
     import os
 
-    from gan.run import cpu_threads
+    from gan.train.run import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("gan.cache.usable_cores", lambda: 2)
+    monkeypatch.setattr("gan.data.cache.usable_cores", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # another job busy on one core
     assert cpu_threads(0) == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))

@@ -4,7 +4,7 @@
 
 For every generator config (randomly initialised; speed does not depend on the weights):
 ``rtf_chunked`` and ``rtf_whole`` = wall-clock seconds per second of 48 kHz mono audio
-(lower is faster; < 1 is faster than real time), through ``gan.inference.Enhancer``.
+(lower is faster; < 1 is faster than real time), through ``gan.inference.enhance.Enhancer``.
 Chunked windows carry the generator's full receptive field as context on each side, so
 short chunks cost extra compute; the overhead factor is reported.
 """
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from gan.config import ConfigError, load_config
+from gan.config.schema import ConfigError, load_config
 
 
 def add_args(parser) -> None:
@@ -52,8 +52,8 @@ def _sync(device: torch.device) -> None:
 
 
 def run(args) -> dict:
-    from gan.config import DataConfig
-    from gan.inference import Enhancer, LoadedGenerator
+    from gan.config.schema import DataConfig
+    from gan.inference.enhance import Enhancer, LoadedGenerator
     from generators import build_generator
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -46,11 +46,11 @@ def _score(g: torch.nn.Module, examples: list, suite) -> dict:
 
 
 def run(args) -> dict:
-    from gan.config import load_config
-    from gan.data import make_train_loader
-    from gan.evaluation import shifter_examples
-    from gan.metrics import MetricSuite
-    from gan.trainer import WARMUP, Trainer
+    from gan.config.schema import load_config
+    from gan.data.loader import make_train_loader
+    from gan.eval.evaluation import shifter_examples
+    from gan.eval.metrics import MetricSuite
+    from gan.train.trainer import WARMUP, Trainer
 
     cfg = load_config(args.config, [*args.overrides, f"trainer.max_steps={args.steps}"])
     examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,

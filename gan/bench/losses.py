@@ -20,9 +20,9 @@ import warnings
 
 import torch
 
-from ..adversarial import AdversarialLoss
-from ..config import MelLossConfig
-from ..losses import MultiScaleMelLoss
+from gan.losses.adversarial import AdversarialLoss
+from gan.config.schema import MelLossConfig
+from gan.losses.reconstruction import MultiScaleMelLoss
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import gan.muon
-from gan.config import OptimizerConfig, load_config
-from gan.muon import matrix_shape, newton_schulz, ns_flops
-from gan.optim import build_optimizer, split_params
+import gan.optim.muon
+from gan.config.schema import OptimizerConfig, load_config
+from gan.optim.muon import matrix_shape, newton_schulz, ns_flops
+from gan.optim.params import build_optimizer, split_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,10 +106,10 @@ def _build(setup: dict):
 
 
 class _NSMeter:
-    """Wraps ``gan.muon.newton_schulz`` to add up the time and FLOPs of every call."""
+    """Wraps ``gan.optim.muon.newton_schulz`` to add up the time and FLOPs of every call."""
 
     def __init__(self, device: torch.device):
-        self.device, self.seconds, self.flops, self._orig = device, 0.0, 0.0, gan.muon.newton_schulz
+        self.device, self.seconds, self.flops, self._orig = device, 0.0, 0.0, gan.optim.muon.newton_schulz
 
     def __enter__(self):
         def timed(X, steps=5, dtype=None, eps=1e-7):
@@ -122,11 +122,11 @@ class _NSMeter:
             self.flops += (X.shape[0] if X.ndim == 3 else 1) * ns_flops(m, n, steps)
             return out
 
-        gan.muon.newton_schulz = timed
+        gan.optim.muon.newton_schulz = timed
         return self
 
     def __exit__(self, *exc):
-        gan.muon.newton_schulz = self._orig
+        gan.optim.muon.newton_schulz = self._orig
 
 
 def _muon_with_grads(model, device):
@@ -195,7 +195,7 @@ def _full_size_flops(setup) -> dict:
         full = build_generator(cfg.generator)
     shapes = [matrix_shape(p.shape) for p in split_params(full)[0]]
     ns = sum(ns_flops(min(s), max(s), 5) for s in shapes)
-    _, _, work = gan.muon.build_plan(shapes, 2)
+    _, _, work = gan.optim.muon.build_plan(shapes, 2)
     seg = 4 * cfg.generator.total_stride
     with FlopCounterMode(display=False) as fc:
         full(torch.empty(1, 1, seg, device="meta"))

@@ -16,9 +16,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> dict:
-    from gan.config import load_config
-    from gan.data import make_train_loader
-    from gan.trainer import ADVERSARIAL, WARMUP, Trainer, peak_memory_mb
+    from gan.config.schema import load_config
+    from gan.data.loader import make_train_loader
+    from gan.train.trainer import ADVERSARIAL, WARMUP, Trainer, peak_memory_mb
 
     cfg = load_config(args.config, args.overrides)
     out = {"config": args.config, "overrides": args.overrides, "batch_size": cfg.data.batch_size,

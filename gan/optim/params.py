@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from gan.config import OptimizerConfig, SchedulerConfig
-from gan.muon import Muon, matrix_shape
+from gan.config.schema import OptimizerConfig, SchedulerConfig
+from gan.optim.muon import Muon, matrix_shape
 
 _CONV = nn.modules.conv._ConvNd
 _CONV_T = nn.modules.conv._ConvTransposeNd

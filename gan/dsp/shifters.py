@@ -19,7 +19,7 @@ names each one's family, package and licence). All are deterministic.
   whose sinc kernel needs tens of GB for non-octave shifts at 96 kHz; here that ratio is
   reduced to a fraction with denominator <= 1000 (pitch error < 0.001 cent; the numerator
   reaches about 2000 for shifts down, see ``reduced_ratio``). Its phase vocoder runs in
-  double precision (no drift on long files; ``gan.stream_shift`` streams the same): for
+  double precision (no drift on long files; ``gan.dsp.stream`` streams the same): for
   octave shifts the result equals ``torchaudio.functional.pitch_shift`` run in double.
 - ``librosa`` (phase vocoder, a second implementation): ``librosa.effects.time_stretch``
   (n_fft 2048, hop 512) then the same resampling by the pitch ratio (librosa's own
@@ -47,7 +47,7 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 
-from gan.config import ConfigError, DegradeConfig
+from gan.config.schema import ConfigError, DegradeConfig
 
 MODEL_RATE = 48000
 MAX_RATIO_DENOMINATOR = 1000  # a shift's rate ratio with a longer term is approximated with denominator <= this
@@ -122,7 +122,7 @@ def shift_torchaudio(x: torch.Tensor, sample_rate: int, semitones: float, cfg: D
         spec = torch.stft(x, n_fft, hop, n_fft, window, center=True, pad_mode="reflect", return_complex=True)
         # (C, T) -> (C, n_fft // 2 + 1, frames); the vocoder runs in double precision: its accumulated
         # phase grows with the length, and a float32 sum drifts (-54 dB after 60 s) from the streamed
-        # shifter's float64 one (gan.stream_shift)
+        # shifter's float64 one (gan.dsp.stream)
         advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device, dtype=torch.float64)[..., None]
         stretched = AF.phase_vocoder(spec.to(torch.complex128), speed, advance).to(spec.dtype)
         return torch.istft(stretched, n_fft, hop, n_fft, window, length=int(round(x.shape[-1] / speed)))

@@ -1,11 +1,11 @@
 """The training data's ``torchaudio`` pitch shift, streamed: bounded memory for any length.
 
-``gan.degrade.apply_shift`` holds the whole oversampled spectrogram (about 700 MiB per
+``gan.dsp.shifters.apply_shift`` holds the whole oversampled spectrogram (about 700 MiB per
 30 s of mono audio for +12 semitones). This module computes the same signal block by
 block, step for step:
 
     resample to cfg.oversample_rate ─▶ STFT (reflect-padded, centred frames)
-      ─▶ phase vocoder in double precision, as ``gan.degrade.shift_torchaudio`` runs it (time
+      ─▶ phase vocoder in double precision, as ``gan.dsp.shifters.shift_torchaudio`` runs it (time
          steps ``arange(0, frames, rate)``; the accumulated phase carried from block to block)
       ─▶ overlap-add inverse STFT ─▶ resample by the pitch ratio ─▶ fit length ─▶ resample back
 
@@ -20,9 +20,9 @@ from typing import Iterator
 
 import torch
 
-from gan.config import DegradeConfig
-from gan.degrade import pitch_resample_rates, work_rate
-from gan.inference import BlockReader, resample_blocks
+from gan.config.schema import DegradeConfig
+from gan.dsp.shifters import pitch_resample_rates, work_rate
+from gan.inference.enhance import BlockReader, resample_blocks
 
 
 def fit_blocks(blocks: Iterator[torch.Tensor], channels: int, n: int) -> Iterator[torch.Tensor]:
@@ -47,7 +47,7 @@ def _stretch_blocks(blocks: Iterator[torch.Tensor], channels: int, length: int, 
     rate = 2.0 ** (-float(semitones) / 12)
     out_len = int(round(length / rate))
     if length <= pad:
-        raise ValueError(f"stream_shift: {length} samples is too short to stream; use gan.degrade.apply_shift")
+        raise ValueError(f"stream_shift: {length} samples is too short to stream; use gan.dsp.shifters.apply_shift")
 
     def gen() -> Iterator[torch.Tensor]:
         window = torch.hann_window(n_fft, dtype=torch.float64)
@@ -123,7 +123,7 @@ def stream_shift(blocks: Iterator[torch.Tensor], channels: int, n: int, sample_r
                  cfg: DegradeConfig, frames_per_block: int = 1024) -> Iterator[torch.Tensor]:
     """``(C, m)`` blocks of a signal of ``n`` samples -> the same signal shifted, ``n`` samples in all.
 
-    Equals ``gan.degrade.apply_shift(x, sample_rate, semitones, cfg, "torchaudio")``.
+    Equals ``gan.dsp.shifters.apply_shift(x, sample_rate, semitones, cfg, "torchaudio")``.
     """
     if semitones == 0:
         return blocks

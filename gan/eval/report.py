@@ -1,4 +1,4 @@
-"""Reports of an evaluation (``gan.evaluation.evaluate``): text tables, the shifter x metric
+"""Reports of an evaluation (``gan.eval.evaluation.evaluate``): text tables, the shifter x metric
 matrix, JSON / CSV files and plots.
 
     print(format_table(report)); print(format_matrix(report))

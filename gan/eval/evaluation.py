@@ -15,11 +15,11 @@ Examples come from one of four sources (all mono 48 kHz):
 - a preprocessing cache (a folder with ``manifest.json``): its ``split`` (default ``val``).
 
     report = evaluate(["runs/a", "runs/b"], "data/demo", metrics=["lsd", "mel"])
-    print(format_table(report))  # gan.report
+    print(format_table(report))  # gan.eval.report
 
 With two checkpoints every example is scored by both, and ``report["compare"]`` holds a
 paired test (t-test, Wilcoxon, 95% CI of the mean difference B - A) per metric. Tables,
-files and plots of a report: ``gan.report``.
+files and plots of a report: ``gan.eval.report``.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from typing import Iterator
 
 import numpy as np
 
-from gan.audio import AudioError, find_audio_files, read_audio
-from gan.cache import degrade_piece, mono_model_rate, piece_bounds
-from gan.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
+from gan.dsp.audio import AudioError, find_audio_files, read_audio
+from gan.data.cache import degrade_piece, mono_model_rate, piece_bounds
+from gan.eval.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
 
 RATE = 48000
 KINDS = ("degraded", "enhanced", "improvement")
@@ -72,9 +72,9 @@ def usable_reference(name: str, clean: np.ndarray) -> bool:
 def shifter_examples(data_dir: str | Path, degrade_cfg, shifters: list[str], shifts: list[int],
                      max_seconds: float | None = None) -> Iterator[Example]:
     """Each clean file round-tripped by each named shifter and shift (0: the file unchanged)."""
-    from gan.degrade import check_shifters, round_trip
+    from gan.dsp.shifters import check_shifters, round_trip
 
-    from gan.config import DegradeConfig
+    from gan.config.schema import DegradeConfig
 
     check_shifters(DegradeConfig(shifters={n: 1.0 for n in shifters}))
     root = Path(data_dir)
@@ -138,7 +138,7 @@ def pair_examples(data_dir: str | Path, degraded_dir: str | Path,
 
 def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
                    max_seconds: float | None = None) -> Iterator[Example]:
-    from gan.cache import SCALE, open_cache
+    from gan.data.cache import SCALE, open_cache
 
     cache = open_cache(cache_dir)
     shifts = cache.shifts if shifts is None else shifts
@@ -185,7 +185,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     checkpoint), ``summary`` per checkpoint, ``compare`` with two checkpoints.
     Raises ``AudioError`` for data that gives no examples.
     """
-    from gan.inference import Enhancer, load_generator
+    from gan.inference.enhance import Enhancer, load_generator
 
     loaded = [load_generator(c) for c in checkpoints]
     enhancers = [Enhancer(g, chunk_seconds=chunk_seconds, device=device) for g in loaded]

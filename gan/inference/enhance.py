@@ -19,7 +19,7 @@ whole-file call sees. Hence the chunked output equals the whole-file output up t
 floating-point rounding (valid-padding stitching; no cross-fade is needed).
 
 ``--shift`` runs the training shifter first: the ``torchaudio`` phase vocoder streamed block
-by block with its accumulated phase carried over (``gan.stream_shift``), so memory stays
+by block with its accumulated phase carried over (``gan.dsp.stream``), so memory stays
 bounded there too; another shifter (``signalsmith``) gets the whole 48 kHz signal at once.
 """
 from __future__ import annotations
@@ -35,11 +35,11 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from gan.audio import AudioError, find_audio_files
-from gan.cache import MAX_PEAK
-from gan.checkpoint import CheckpointError, CheckpointManager
-from gan.config import Config, ConfigError, config_from_dict
-from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
+from gan.dsp.audio import AudioError, find_audio_files
+from gan.data.cache import MAX_PEAK
+from gan.train.checkpoint import CheckpointError, CheckpointManager
+from gan.config.schema import Config, ConfigError, config_from_dict
+from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
 from gan.errors import first_line
 _READ_BLOCK = 1 << 16
 
@@ -292,7 +292,7 @@ class Enhancer:
         self.batch_size = max(1, batch_size)
         self.shifter = shifter or main_shifter(loaded.cfg.data.degrade)  # for shift != 0
         if shifter is not None:
-            from gan.degrade import SHIFTERS
+            from gan.dsp.shifters import SHIFTERS
 
             if shifter not in SHIFTERS:
                 raise ValueError(f"--shifter {shifter}: unknown; known: {sorted(SHIFTERS)}")
@@ -333,11 +333,11 @@ class Enhancer:
         if shift:
             shifter = self.shifter
             if shifter == "torchaudio" and n48 >= MODEL_RATE:
-                from gan.stream_shift import stream_shift
+                from gan.dsp.stream import stream_shift
 
                 x48 = stream_shift(x48, channels, n48, MODEL_RATE, shift, self.cfg.data.degrade)
             else:  # short input, or a shifter that needs the whole signal at once
-                from gan.degrade import apply_shift
+                from gan.dsp.shifters import apply_shift
 
                 whole = torch.cat(list(x48), dim=-1) if n48 else torch.zeros(channels, 0)  # (C, n48)
                 x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))

@@ -4,10 +4,10 @@ All functions take mono 48 kHz signals as 1-D arrays or tensors of equal length.
 
 - ``lsd``: log-spectral distance, mean over STFT frames (2048 / hop 512, Hann) of
   ``sqrt(mean_f (log10 P_ref - log10 P_est)^2)``, powers floored at 1e-10 (lower is better).
-- ``mel``: the multi-scale mel distance of training (``gan.losses.MultiScaleMelLoss``
+- ``mel``: the multi-scale mel distance of training (``gan.losses.reconstruction.MultiScaleMelLoss``
   with the run's ``loss.mel`` settings), so validation and evaluation agree (lower is better).
 - ``mrstft``: auraloss' multi-resolution STFT distance at the run's ``loss.mrstft_fft_sizes``.
-- ``si_sdr``: scale-invariant SDR in dB (``gan.losses.si_sdr``). After a phase-vocoder
+- ``si_sdr``: scale-invariant SDR in dB (``gan.losses.reconstruction.si_sdr``). After a phase-vocoder
   round trip it sits far below 0 dB even for intelligible audio (phase is not restored),
   so it is reported for comparison with earlier work, not as the headline.
 - optional, skipped with a note when not installed (``pip install -e '.[metrics]'``):
@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import first_line
+from gan.errors import first_line
 
 CORE = ("lsd", "mel", "mrstft", "si_sdr")
 EXTRA = ("visqol", "pesq", "stoi", "dnsmos")
@@ -58,7 +58,7 @@ def log_spectral_distance(ref, est, n_fft: int = 2048, hop: int = 512, floor: fl
 
 
 def si_sdr_db(ref, est) -> float:
-    from gan.losses import si_sdr
+    from gan.losses.reconstruction import si_sdr
 
     return float(si_sdr(_t(est)[None], _t(ref)[None])[0])
 
@@ -83,7 +83,7 @@ class MetricSuite:
     """
 
     def __init__(self, names: list[str] | None = None, loss_cfg=None):
-        from gan.config import LossConfig
+        from gan.config.schema import LossConfig
 
         loss_cfg = loss_cfg or LossConfig()
         wanted = list(names) if names is not None else [*CORE, *(m for m in EXTRA if m not in SPEECH)]
@@ -106,7 +106,7 @@ class MetricSuite:
         if name == "si_sdr":
             return si_sdr_db
         if name in ("mel", "mrstft"):
-            from gan.losses import MRSTFTLoss, MultiScaleMelLoss
+            from gan.losses.reconstruction import MRSTFTLoss, MultiScaleMelLoss
 
             loss = (MultiScaleMelLoss(self._loss_cfg.mel, RATE) if name == "mel"
                     else MRSTFTLoss(self._loss_cfg.mrstft_fft_sizes))

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from gan.audio import AudioError, find_audio_files, read_audio, resample, to_mono
-from gan.config import ConfigError, DataConfig, DegradeConfig, config_hash, to_dict
-from gan.degrade import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
+from gan.dsp.audio import AudioError, find_audio_files, read_audio, resample, to_mono
+from gan.config.schema import ConfigError, DataConfig, DegradeConfig, config_hash, to_dict
+from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, choose_shifter, round_trip, sinc_kernel_size
 from gan.errors import UnshiftError, first_line
 
 FORMAT = 3  # 3: the torchaudio shifter's vocoder in double precision

@@ -35,7 +35,7 @@ def step_dir_name(step: int) -> str:
 
 def code_version() -> str:
     """``git describe`` of the source tree when available, else the package version."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
                              text=True, timeout=5)

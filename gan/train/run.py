@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
-from .config import Config, ConfigError, load_config, to_dict
-from .errors import first_line
-from .trainer import Trainer
+from gan.train.checkpoint import CheckpointError
+from gan.config.schema import Config, ConfigError, load_config, to_dict
+from gan.errors import first_line
+from gan.train.trainer import Trainer
 
 
 def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, say=print) -> None:
@@ -26,8 +26,8 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, 
     """
     from safetensors.torch import load_file
 
-    from .checkpoint import resolve_resume
-    from .inference import strip_wrapper_prefixes
+    from gan.train.checkpoint import resolve_resume
+    from gan.inference.enhance import strip_wrapper_prefixes
 
     step = resolve_resume(path, str(path))
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
@@ -58,7 +58,7 @@ def cpu_threads(setting: int) -> int:
         return setting
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    from .cache import usable_cores
+    from gan.data.cache import usable_cores
 
     cores = usable_cores()
     free = cores - int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else cores
@@ -83,7 +83,7 @@ def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
     """
     import yaml
 
-    from .config import config_from_dict
+    from gan.config.schema import config_from_dict
 
     saved = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
     cfg = config_from_dict(to_dict(saved), overrides)
@@ -116,8 +116,8 @@ def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume
     ``config.yaml`` given as ``--config``. A resumed run takes its settings from its
     checkpoint (``resume_config``), not from ``config``.
     """
-    from .checkpoint import resolve_resume
-    from .config import resolve_config_path
+    from gan.train.checkpoint import resolve_resume
+    from gan.config.schema import resolve_config_path
 
     path = resolve_config_path(config)
     if run_dir is None:

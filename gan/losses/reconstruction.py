@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .config import LossConfig, LossWeights, MelLossConfig
+from gan.config.schema import LossConfig, LossWeights, MelLossConfig
 
 _LN10 = math.log(10.0)
 
@@ -202,13 +202,13 @@ class MRSTFTLoss(nn.Module):
 class LogSpectralLoss(nn.Module):
     """Multi-resolution log-spectral distance: ``(B, C, T) x2 -> scalar``.
 
-    Per resolution n (Hann window n, hop n / 4, unnormalised as ``gan.metrics.lsd``): the
+    Per resolution n (Hann window n, hop n / 4, unnormalised as ``gan.eval.metrics.lsd``): the
     mean over frames of ``sqrt(mean_f (log10 P_ref - log10 P_est)^2)``, powers floored at
     ``floor`` (1e-10, as the metric); the mean over resolutions. Unlike the mel loss
     (magnitude floor 1e-5 on mel bands) and auraloss' log magnitude (power floor 1e-8), it
     sees every linear-frequency bin down to the metric's floor: noise a model adds to an
     empty band or a quiet passage. LSD as in Gray & Markel (1976); at one resolution of
-    2048 it equals ``gan.metrics.log_spectral_distance`` (tested).
+    2048 it equals ``gan.eval.metrics.log_spectral_distance`` (tested).
     """
 
     def __init__(self, fft_sizes: list[int], floor: float = 1e-10, eps: float = 1e-8):

@@ -33,16 +33,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from discriminators import build_discriminator
 from generators import build_generator
 
-from . import ds
-from .adversarial import AdversarialLoss
-from .cache import ensure_cache
-from .checkpoint import CheckpointError, CheckpointManager, code_version
-from .config import Config, dump_config, to_dict
-from .data import load_val_set, make_train_loader
-from .errors import UnshiftError, first_line
-from .losses import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
-from .optim import build_optimizer, build_scheduler
-from .runlog import RunLogger
+from gan.train import ds
+from gan.losses.adversarial import AdversarialLoss
+from gan.data.cache import ensure_cache
+from gan.train.checkpoint import CheckpointError, CheckpointManager, code_version
+from gan.config.schema import Config, dump_config, to_dict
+from gan.data.loader import load_val_set, make_train_loader
+from gan.errors import UnshiftError, first_line
+from gan.losses.reconstruction import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
+from gan.optim.params import build_optimizer, build_scheduler
+from gan.train.runlog import RunLogger
 
 WARMUP, ADVERSARIAL = "warmup", "adversarial"
 
@@ -63,7 +63,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         t = cfg.trainer
-        self.engines = None  # the DeepSpeed side (gan/ds.py) when launched with a DeepSpeed config
+        self.engines = None  # the DeepSpeed side (gan/train/ds.py) when launched with a DeepSpeed config
         if accelerator is None and ds.deepspeed_requested():
             accelerator = Accelerator(**ds.accelerator_kwargs(cfg))  # refuses Muon, ZeRO-3, offload
             self.engines = ds.Engines(accelerator, t.mixed_precision)
@@ -76,7 +76,7 @@ class Trainer:
         acc = self.accelerator
         self.is_main = acc.is_main_process
         if acc.device.type == "cpu":
-            from .run import cpu_threads
+            from gan.train.run import cpu_threads
 
             torch.set_num_threads(cpu_threads(t.threads))
         if resume is None and CheckpointManager(run_dir).steps():  # checked before any expensive work
@@ -98,7 +98,7 @@ class Trainer:
             if resume is not None:
                 raise CheckpointError("--init-from starts a new run from other weights; it cannot be combined "
                                       "with --resume")
-            from .run import load_init_weights
+            from gan.train.run import load_init_weights
 
             load_init_weights(g, d, init_from, say=print if self.is_main else (lambda m: None))
         opt_g = build_optimizer(g, cfg.optim.generator)

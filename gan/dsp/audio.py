@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from .errors import UnshiftError, first_line
+from gan.errors import UnshiftError, first_line
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".w64", ".caf"}
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from gan.errors import UnshiftError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(UnshiftError, ValueError):
@@ -111,7 +111,7 @@ class LossWeights:
     mel: float = 15.0
     l1: float = 0.0
     mrstft: float = 0.0
-    lsd: float = 0.0  # multi-resolution log-spectral distance (gan.losses.LogSpectralLoss)
+    lsd: float = 0.0  # multi-resolution log-spectral distance (gan.losses.reconstruction.LogSpectralLoss)
     feat: float = 2.0
     adv: float = 1.0
 
@@ -143,7 +143,7 @@ class LossConfig:
 
 @dataclass
 class SchedulerConfig:
-    """Per-step lr multiplier, a pure function of the optimizer step (see ``gan.optim.lr_factor``)."""
+    """Per-step lr multiplier, a pure function of the optimizer step (see ``gan.optim.params.lr_factor``)."""
 
     name: Literal["exponential", "cosine", "constant"] = "exponential"
     gamma: float = 0.999996  # exponential: lr *= gamma every step after warmup (DAC)
