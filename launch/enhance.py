@@ -43,7 +43,7 @@ def _main(argv=None) -> int:
 
     from gan.dsp.audio import AudioError
     from gan.errors import UnshiftError, report
-    from gan.inference.enhance import Enhancer, load_generator, output_paths
+    from gan.inference import Enhancer, load_generator, output_paths
 
     try:
         pairs = output_paths(args.inputs, args.out_dir)

@@ -69,7 +69,7 @@ def _main(argv=None) -> int:
         print(format_matrix(report))
     if args.level_checks:
         from gan.eval.evaluation import level_checks
-        from gan.inference.enhance import Enhancer, load_generator
+        from gan.inference import Enhancer, load_generator
 
         for label, info in report["checkpoints"].items():
             checks = level_checks(Enhancer(load_generator(info["path"]), chunk_seconds=args.chunk_seconds,

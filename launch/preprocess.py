@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gan.config.schema import load_config  # noqa: E402
+from gan.config import load_config  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
-    from gan.data.cache import cache_status, ensure_cache
+    from gan.data.preprocess import cache_status, ensure_cache
 
     cfg = load_config(args.config, args.overrides)
     status = cache_status(cfg.data)

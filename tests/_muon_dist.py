@@ -22,7 +22,7 @@ from torch.nn.utils.parametrizations import weight_norm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gan.optim.muon  # noqa: E402
-from gan.config.schema import OptimizerConfig  # noqa: E402
+from gan.config import OptimizerConfig  # noqa: E402
 from gan.optim.params import build_optimizer  # noqa: E402
 
 STEPS = 5

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import gan.data.cache as cache_mod
+import gan.data.preprocess as preprocess_mod
+import gan.data.recipe as recipe_mod
 from gan.dsp.audio import read_audio, resample, to_mono
-from gan.data.cache import CacheError, cache_status, ensure_cache, open_cache, split_of
-from gan.config.schema import DataConfig, DegradeConfig
+from gan.data.cache import CacheError, open_cache
+from gan.data.preprocess import cache_status, ensure_cache
+from gan.data.recipe import split_of
+from gan.config import DataConfig, DegradeConfig
 from gan.dsp.shifters import round_trip
 
 from conftest import DEMO_AUDIO, ROOT
@@ -46,7 +49,7 @@ def make_cfg(tmp_path, audio_dir, **kw) -> DataConfig:
 def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_dir):
     cfg = make_cfg(tmp_path, audio_dir)
     lines = []
-    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lines.append)
+    manifest = preprocess_mod.build_cache(cfg, progress=False, num_workers=0, warn=lines.append)
     reasons = {s["file"]: s["reason"].split(" (")[0] for s in manifest["skipped"]}
     assert reasons == {"corrupt.wav": "unreadable", "silent.wav": "silent", "short.flac": "too short",
                        "empty.wav": "empty"}
@@ -113,7 +116,7 @@ def test_ensure_cache_reuses_a_fresh_cache_and_rebuilds_a_stale_one(tmp_path, au
 
 def test_an_interrupted_build_leaves_no_cache(tmp_path, audio_dir, monkeypatch):
     cfg = make_cfg(tmp_path, audio_dir)
-    real = cache_mod.process_piece
+    real = preprocess_mod.process_piece
     calls = []
 
     def dies_on_second(task, c):
@@ -122,7 +125,7 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path, audio_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(task, c)
 
-    monkeypatch.setattr(cache_mod, "process_piece", dies_on_second)
+    monkeypatch.setattr(preprocess_mod, "process_piece", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         ensure_cache(cfg, progress=False, num_workers=0)
     assert cache_status(cfg) == "missing" and not (tmp_path / "cache").exists()
@@ -135,7 +138,7 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path, audio_dir, monkeypatch):
 
 def test_partial_folders_of_dead_builds_are_removed(tmp_path, audio_dir):
     cfg = make_cfg(tmp_path, audio_dir)
-    partial = tmp_path / f".cache.partial-{cache_mod.socket.gethostname()}-{_dead_pid()}"
+    partial = tmp_path / f".cache.partial-{preprocess_mod.socket.gethostname()}-{_dead_pid()}"
     (partial / "train").mkdir(parents=True)
     ensure_cache(cfg, progress=False, num_workers=0)
     assert not partial.exists() and cache_status(cfg) == "ok"
@@ -162,7 +165,7 @@ def test_killed_preprocess_leaves_no_valid_cache_and_workers_match_in_process(tm
         (audio_dir / f"copy{i}.flac").write_bytes((DEMO_AUDIO / "loop_amen.flac").read_bytes())
     cfg = make_cfg(tmp_path, audio_dir)
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-              "from gan.config.schema import DataConfig, DegradeConfig\nfrom gan.data.cache import ensure_cache\n"
+              "from gan.config import DataConfig, DegradeConfig\nfrom gan.data.preprocess import ensure_cache\n"
               f"if __name__ == '__main__':\n"
               f"    d = DegradeConfig(shifts=[-10, 12], shifters={{'torchaudio': 1.0, 'signalsmith': 1.0}}, n_fft=1024)\n"
               f"    ensure_cache(DataConfig(audio_dir={cfg.audio_dir!r}, cache_dir={cfg.cache_dir!r}, "
@@ -188,16 +191,16 @@ def test_killed_preprocess_leaves_no_valid_cache_and_workers_match_in_process(tm
 
 
 def test_a_failing_file_is_skipped_with_a_one_line_reason(tmp_path, audio_dir, monkeypatch):
-    real = cache_mod.round_trip
+    real = recipe_mod.round_trip
 
     def fails_on_mono(x, shift, cfg, shifter):
         if x.shape[-1] < 40000:  # the 0.56 s mono file only
             raise RuntimeError("stft failed\nsecond line")
         return real(x, shift, cfg, shifter)
 
-    monkeypatch.setattr(cache_mod, "round_trip", fails_on_mono)
+    monkeypatch.setattr(recipe_mod, "round_trip", fails_on_mono)
     lines = []
-    manifest = cache_mod.build_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0,
+    manifest = preprocess_mod.build_cache(make_cfg(tmp_path, audio_dir), progress=False, num_workers=0,
                                      warn=lines.append)
     reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
     assert reasons[f"sub/{MONO}"] == "failed (RuntimeError: stft failed)"
@@ -210,19 +213,19 @@ def test_a_sample_rate_without_a_short_ratio_to_48k_is_skipped(tmp_path):
     sf.write(d / "odd.wav", np.full(44101, 0.1, np.float32), 44101)
     sf.write(d / "ok.wav", np.full(44100, 0.1, np.float32), 44100)
     lines = []
-    tasks, skipped = cache_mod._plan(make_cfg(tmp_path, d), sorted(d.iterdir()), d, lines.append)
+    tasks, skipped = preprocess_mod._plan(make_cfg(tmp_path, d), sorted(d.iterdir()), d, lines.append)
     assert [t[1] for t in tasks] == ["ok.wav"]
     assert skipped == [{"file": "odd.wav", "reason": skipped[0]["reason"]}]
     assert skipped[0]["reason"].startswith("unsupported sample rate (44101 Hz") and len(lines) == 1
 
 
 def test_only_this_hosts_dead_partials_are_removed(tmp_path):
-    host = cache_mod.socket.gethostname()
+    host = preprocess_mod.socket.gethostname()
     ours = tmp_path / f".cache.partial-{host}-{_dead_pid()}"
     other_host = tmp_path / f".cache.partial-{host}-2-{_dead_pid()}"  # host "<ours>-2": not ours to judge
     for p in (ours, other_host):
         p.mkdir()
-    cache_mod._remove_dead_partials(tmp_path / "cache")
+    preprocess_mod._remove_dead_partials(tmp_path / "cache")
     assert not ours.exists() and other_host.exists()
 
 
@@ -234,12 +237,12 @@ def test_a_concurrent_build_landing_first_is_a_clear_error(tmp_path, monkeypatch
 
     def other_build_lands(src, dst):
         real(src, dst)
-        if dst == path.parent / f".cache.old-{cache_mod.socket.gethostname()}-{os.getpid()}":
+        if dst == path.parent / f".cache.old-{preprocess_mod.socket.gethostname()}-{os.getpid()}":
             (path / "train").mkdir(parents=True)  # the other run's cache appears in between
 
-    monkeypatch.setattr(cache_mod.os, "replace", other_build_lands)
+    monkeypatch.setattr(preprocess_mod.os, "replace", other_build_lands)
     with pytest.raises(CacheError, match=r"cache .*cache: another preprocess run wrote it at the same time"):
-        cache_mod._replace(tmp, path)
+        preprocess_mod._replace(tmp, path)
 
 
 def test_an_unknown_split_is_a_clear_error(tmp_path, audio_dir):
@@ -249,11 +252,11 @@ def test_an_unknown_split_is_a_clear_error(tmp_path, audio_dir):
 
 
 def test_variants_draw_distinct_shifts_per_piece_from_the_range(tmp_path, audio_dir, monkeypatch):
-    monkeypatch.setattr(cache_mod, "PIECE_SECONDS", 0.5)  # several pieces per file
+    monkeypatch.setattr(recipe_mod, "PIECE_SECONDS", 0.5)  # several pieces per file
     shifts = [s for s in range(-12, 13) if s]
     degrade = DegradeConfig(shifts=shifts, variants=3, shifters={"torchaudio": 1.0, "wsola": 1.0}, n_fft=1024)
     cfg = DataConfig(audio_dir=str(audio_dir), cache_dir=str(tmp_path / "cache"), val_fraction=0.5, degrade=degrade)
-    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
+    manifest = preprocess_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
     cache = open_cache(cfg.cache_dir)
     assert cache.variants == 3 and sorted(p.name for p in (tmp_path / "cache" / "train").iterdir()) == [
         "clean.i16", "variant_0.i16", "variant_1.i16", "variant_2.i16"]
@@ -262,13 +265,13 @@ def test_variants_draw_distinct_shifts_per_piece_from_the_range(tmp_path, audio_
     drawn = set()
     for it in items:
         assert len(set(it["shifts"])) == 3 and set(it["shifts"]) <= set(shifts)
-        assert it["shifts"] == cache_mod.piece_shifts(degrade, it["file"], it["piece"])  # a pure function of the piece
+        assert it["shifts"] == recipe_mod.piece_shifts(degrade, it["file"], it["piece"])  # a pure function of the piece
         drawn |= set(it["shifts"])
     assert len(drawn) >= 8  # pieces differ
     part = cache.split("train")
     it, off, n = part.items[0], part.offsets[0], part.lengths[0]
     audio, sr = read_audio(audio_dir / it["file"])
-    bounds = cache_mod.piece_bounds(audio.shape[1], sr)[it["piece"]]  # the piece's source frames
+    bounds = recipe_mod.piece_bounds(audio.shape[1], sr)[it["piece"]]  # the piece's source frames
     clean = resample(to_mono(audio[:, bounds[0]: bounds[1]]), sr, 48000)
     for k, s in enumerate(it["shifts"]):  # variant k is the round trip by the piece's k-th shift
         ref = round_trip(clean, s, degrade, it["shifters"][str(s)]) * it["gain"]
@@ -278,7 +281,7 @@ def test_variants_draw_distinct_shifts_per_piece_from_the_range(tmp_path, audio_
 @pytest.mark.parametrize("rel", [f"song{i}.wav" for i in range(8)])
 def test_bandlimit_empties_the_top_band_and_keeps_alignment(rel):
     x = np.random.default_rng(0).standard_normal(48000).astype(np.float32) * 0.1
-    y, what = cache_mod.bandlimit(x, rel, 0, seed=0)
+    y, what = recipe_mod.bandlimit(x, rel, 0, seed=0)
     assert y.shape == x.shape and y.dtype == np.float32
     power = np.abs(np.fft.rfft(y)) ** 2
     freqs = np.fft.rfftfreq(len(y), 1 / 48000)
@@ -291,14 +294,14 @@ def test_bandlimit_empties_the_top_band_and_keeps_alignment(rel):
 
 def test_bandlimited_pieces_are_training_pieces_only(tmp_path, audio_dir):
     cfg = make_cfg(tmp_path, audio_dir, bandlimit_fraction=1.0)
-    manifest = cache_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
+    manifest = preprocess_mod.build_cache(cfg, progress=False, num_workers=0, warn=lambda m: None)
     assert all("bandlimit" in it for it in manifest["splits"]["train"]["items"])
     assert not any("bandlimit" in it for it in manifest["splits"]["val"]["items"])
 
 
 @pytest.mark.parametrize("name", ["gan_dac", "gan_wavunet"])
 def test_production_configs_require_an_audio_folder(name, tmp_path):
-    from gan.config.schema import ConfigError, load_config
+    from gan.config import ConfigError, load_config
 
     cfg = load_config(name, [f"data.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match=r"^data\.audio_dir: <your music folder> is a placeholder; .*--set data\.audio_dir="):
@@ -331,8 +334,8 @@ def test_a_cache_is_never_replaced_by_one_of_other_recordings(tmp_path, audio_di
 def test_processes_sharing_a_cache_folder_build_it_once(tmp_path, audio_dir):
     """Two launches (machines sharing a filesystem, or two local ranks) at once: one builds, one waits and reuses."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from gan.data.cache import ensure_cache\n"
-            "from gan.config.schema import DataConfig, DegradeConfig\n"
+            "from gan.data.preprocess import ensure_cache\n"
+            "from gan.config import DataConfig, DegradeConfig\n"
             "d = DegradeConfig(shifts=[12], n_fft=1024)\n"
             "ensure_cache(DataConfig(audio_dir=%r, cache_dir=%r, val_fraction=0.5, degrade=d), num_workers=0)\n"
             % (str(ROOT), str(audio_dir), str(tmp_path / "cache")))

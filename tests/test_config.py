@@ -6,8 +6,9 @@ import torch.nn as nn
 
 import discriminators
 import generators
-from gan.config.schema import (CONFIG_DIR, ConfigError, TrainerConfig, _build, config_from_dict, config_hash,
-                        dump_config, load_config, resolve_config_path)
+from gan.config import (CONFIG_DIR, ConfigError, TrainerConfig, config_from_dict, config_hash, dump_config,
+                        load_config, resolve_config_path)
+from gan.config.loader import _build
 import yaml
 
 

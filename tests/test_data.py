@@ -7,7 +7,7 @@ import torch
 
 from gan.data.cache import FORMAT, CacheError, array_name
 from gan.data.loader import TrainStream, load_val_set, make_train_loader
-from gan.config.schema import DataConfig
+from gan.config import DataConfig
 
 SHIFTS = [-12, 12]
 # train items: each sample of item k is (k + 1) * 1000 (int16); the silent one is 0.

@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from gan.train import ds  # noqa: E402
 from gan.train.checkpoint import CheckpointError  # noqa: E402
-from gan.config.schema import ConfigError, config_from_dict  # noqa: E402
+from gan.config import ConfigError, config_from_dict  # noqa: E402
 from test_trainer import _write_config, make_trainer, tiny_data, tiny_dict  # noqa: E402,F401
 
 PY = sys.executable

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from gan.config.schema import ConfigError, DegradeConfig
+from gan.config import ConfigError, DegradeConfig
 from gan.dsp.shifters import SHIFTERS, apply_shift, check_shifters, choose_shifter, round_trip, shift_torchaudio
 
 SR = 48000

@@ -12,7 +12,7 @@ import torch
 import discriminators
 from discriminators import MPDConfig, MRSTFTConfig, MSDConfig, build_discriminator, load_dac_weights
 from discriminators.common import normalize_peak, reflect_pad
-from gan.config.schema import ConfigError, config_from_dict, load_config
+from gan.config import ConfigError, config_from_dict, load_config
 from tiny_configs import (single_thread, tiny_discriminators, tiny_model_sections, tiny_mpd, tiny_mrstft,
                           tiny_msd)
 

@@ -9,7 +9,7 @@ from conftest import ROOT
 from gan.dsp.audio import AudioError
 from gan.data.cache import CacheError
 from gan.train.checkpoint import CheckpointError
-from gan.config.schema import ConfigError
+from gan.config import ConfigError
 from gan.errors import UnshiftError
 from gan.train.trainer import NonFiniteError
 from test_trainer import tiny_dict

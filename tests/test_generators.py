@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import generators
-from gan.config.schema import ConfigError, config_from_dict, load_config
+from gan.config import ConfigError, config_from_dict, load_config
 from generators import DacUNetConfig, WavUNetConfig, build_generator
 from generators.layers import DownBlock, ResidualUnit, Snake1d, UpBlock, from_dac_state_dict
 from tiny_configs import single_thread, tiny_dac_unet, tiny_generators, tiny_model_sections, tiny_wavunet

@@ -18,9 +18,9 @@ import generators
 from conftest import ROOT
 from gan.dsp.audio import AudioError
 from gan.train.checkpoint import CheckpointError
-from gan.config.schema import DegradeConfig, config_from_dict, dump_config, to_dict
-from gan.inference.enhance import (BlockReader, Enhancer, LoadedGenerator, load_generator, output_paths, plan_windows,
-                           resample_blocks, tensor_blocks)
+from gan.config import DegradeConfig, config_from_dict, dump_config, to_dict
+from gan.dsp.chunking import BlockReader, plan_windows, resample_blocks, tensor_blocks
+from gan.inference import Enhancer, LoadedGenerator, load_generator, output_paths
 from tiny_configs import tiny_dac_unet, tiny_wavunet
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import DEMO_AUDIO
 from gan.dsp.audio import read_audio, to_mono, write_audio
 from gan.data.cache import open_cache
-from gan.config.schema import config_from_dict
+from gan.config import config_from_dict
 from gan.data.loader import CropSampler
 from gan.train.trainer import Trainer
 

@@ -8,7 +8,7 @@ import torch
 from conftest import DEMO_AUDIO
 
 from gan.dsp.audio import read_audio
-from gan.config.schema import LossConfig, LossWeights, MelLossConfig
+from gan.config import LossConfig, LossWeights, MelLossConfig
 from gan.losses.reconstruction import (GeneratorReconstruction, MRSTFTLoss, MultiScaleMelLoss, l1_loss, mel_filterbank, si_sdr,
                         si_sdr_loss)
 

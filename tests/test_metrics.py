@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from conftest import ROOT
-from gan.config.schema import MelLossConfig
+from gan.config import MelLossConfig
 from gan.losses.reconstruction import MultiScaleMelLoss
 from gan.eval.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
                          summarize)
@@ -136,8 +136,8 @@ def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
 
 
 def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
-    from gan.data.cache import build_cache
-    from gan.config.schema import DataConfig, DegradeConfig
+    from gan.data.preprocess import build_cache
+    from gan.config import DataConfig, DegradeConfig
     from gan.eval.evaluation import evaluate
 
     write_checkpoint(tmp_path / "a", {"name": "toy"})
@@ -158,14 +158,16 @@ def test_evaluate_reads_a_cache_split(tmp_path, registry):  # noqa: F811
 def test_folder_examples_degrade_in_the_caches_pieces_with_its_keys(tmp_path, monkeypatch):
     """A file longer than a piece scores as its cache items: same pieces, same shifter per piece, same samples."""
     import gan.data.cache as cache_mod
-    from gan.config.schema import DataConfig, DegradeConfig
+    import gan.data.preprocess as preprocess_mod
+    import gan.data.recipe as recipe_mod
+    from gan.config import DataConfig, DegradeConfig
     from gan.eval.evaluation import folder_examples
 
-    monkeypatch.setattr(cache_mod, "PIECE_SECONDS", 0.25)
+    monkeypatch.setattr(recipe_mod, "PIECE_SECONDS", 0.25)
     deg = DegradeConfig(shifts=[12], shifters={"torchaudio": 1.0, "signalsmith": 1.0}, seed=3)
     cfg = DataConfig(audio_dir=str(make_folder(tmp_path / "clean", seconds=0.7, files=1)),
                      cache_dir=str(tmp_path / "cache"), val_fraction=0.0, degrade=deg)
-    items = cache_mod.build_cache(cfg, progress=False, num_workers=0)["splits"]["train"]["items"]
+    items = preprocess_mod.build_cache(cfg, progress=False, num_workers=0)["splits"]["train"]["items"]
     assert [it["piece"] for it in items] == [0, 1, 2]
     assert {it["shifters"]["12"] for it in items} == {"torchaudio", "signalsmith"}  # the key matters
     part = cache_mod.open_cache(tmp_path / "cache").split("train")
@@ -245,7 +247,7 @@ def test_one_sided_p_values_say_better_or_worse():
 
 def test_level_checks_of_the_identity(tmp_path, registry):  # noqa: F811
     from gan.eval.evaluation import level_checks
-    from gan.inference.enhance import Enhancer, load_generator
+    from gan.inference import Enhancer, load_generator
 
     write_checkpoint(tmp_path / "a", {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4],
                                       "residual": True, "output_activation": "none"})

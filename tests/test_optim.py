@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from gan.config.schema import ConfigError, OptimizerConfig, SchedulerConfig
+from gan.config import ConfigError, OptimizerConfig, SchedulerConfig
 from gan.optim.muon import Muon, matrix_shape
 from gan.optim.params import build_optimizer, build_scheduler, lr_factor, split_named_params, split_params
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from gan.config.schema import load_config
+from gan.config import load_config
 
 sys.path.insert(0, str(ROOT / "launch"))
 LAUNCHERS = ("train", "preprocess", "enhance", "evaluate", "bench")

@@ -14,7 +14,7 @@ import yaml
 from conftest import DEMO_AUDIO, ROOT
 from gan.dsp.audio import read_audio, to_mono, write_audio
 from gan.train.checkpoint import CheckpointError, resolve_resume
-from gan.config.schema import config_from_dict
+from gan.config import config_from_dict
 from gan.train.trainer import ADVERSARIAL, WARMUP, NonFiniteError, Trainer, stage_at
 
 PY = sys.executable
@@ -46,7 +46,7 @@ def tiny_data(tmp_path_factory):
         x, sr = read_audio(DEMO_AUDIO / f"{name}.flac")
         write_audio(audio / f"{name}.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
     cfg = config_from_dict(tiny_dict(audio, root / "cache"))
-    from gan.data.cache import ensure_cache
+    from gan.data.preprocess import ensure_cache
 
     ensure_cache(cfg.data, progress=False, num_workers=1)
     return audio, root / "cache"
@@ -337,7 +337,7 @@ def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
 
 
 def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tmp_path, capsys, monkeypatch):
-    from gan.config.schema import ConfigError
+    from gan.config import ConfigError
     from gan.train.run import run_from_args
 
     monkeypatch.chdir(tmp_path)
@@ -382,7 +382,7 @@ def test_automatic_threads_leave_busy_cores_free(monkeypatch):
     from gan.train.run import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("gan.data.cache.usable_cores", lambda: 2)
+    monkeypatch.setattr("gan.data.preprocess.usable_cores", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # another job busy on one core
     assert cpu_threads(0) == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))

@@ -14,7 +14,7 @@ import contextlib
 import torch
 
 from discriminators import MPDConfig, MRSTFTConfig, MSDConfig
-from gan.config.schema import to_dict
+from gan.config import to_dict
 from generators import DacUNetConfig, WavUNetConfig
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import soundfile as sf
 
-from gan.dsp.audio import find_audio_files
-from gan.data.cache import build_cache, usable_cores
-from gan.config.schema import DataConfig, DegradeConfig
+from gan.config import DataConfig, DegradeConfig
 from gan.data.loader import make_train_loader
+from gan.data.preprocess import build_cache, usable_cores
+from gan.dsp.audio import find_audio_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

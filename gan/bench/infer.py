@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import torch
 
-from gan.config.schema import ConfigError, load_config
+from gan.config import ConfigError, load_config
 
 
 def add_args(parser) -> None:
@@ -52,8 +52,8 @@ def _sync(device: torch.device) -> None:
 
 
 def run(args) -> dict:
-    from gan.config.schema import DataConfig
-    from gan.inference.enhance import Enhancer, LoadedGenerator
+    from gan.config import DataConfig
+    from gan.inference import Enhancer, LoadedGenerator
     from generators import build_generator
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -46,7 +46,7 @@ def _score(g: torch.nn.Module, examples: list, suite) -> dict:
 
 
 def run(args) -> dict:
-    from gan.config.schema import load_config
+    from gan.config import load_config
     from gan.data.loader import make_train_loader
     from gan.eval.evaluation import shifter_examples
     from gan.eval.metrics import MetricSuite

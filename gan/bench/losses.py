@@ -20,8 +20,8 @@ import warnings
 
 import torch
 
+from gan.config import MelLossConfig
 from gan.losses.adversarial import AdversarialLoss
-from gan.config.schema import MelLossConfig
 from gan.losses.reconstruction import MultiScaleMelLoss
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from discriminators import MultiDiscriminator, build_discriminator, load_dac_weights
-from gan.config.schema import load_config
+from gan.config import load_config
 from generators import build_generator
 
 SAMPLE_RATE = 48000

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import gan.optim.muon
-from gan.config.schema import OptimizerConfig, load_config
+from gan.config import OptimizerConfig, load_config
 from gan.optim.muon import matrix_shape, newton_schulz, ns_flops
 from gan.optim.params import build_optimizer, split_params
 

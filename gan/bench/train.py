@@ -16,7 +16,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> dict:
-    from gan.config.schema import load_config
+    from gan.config import load_config
     from gan.data.loader import make_train_loader
     from gan.train.trainer import ADVERSARIAL, WARMUP, Trainer, peak_memory_mb
 

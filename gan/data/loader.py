@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan.config import DataConfig
 from gan.data.cache import SCALE, CacheError, CacheSplit, open_cache
-from gan.config.schema import DataConfig
 
 MAX_TRIES = 8  # silence redraws per crop before a quiet crop is accepted
 _VAL_TAG = 0x76616C  # "val": keeps validation draws apart from every training batch

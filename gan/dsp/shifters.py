@@ -47,7 +47,7 @@ import torch
 import torchaudio.functional as AF
 import torchaudio.transforms as T
 
-from gan.config.schema import ConfigError, DegradeConfig
+from gan.config import ConfigError, DegradeConfig
 
 MODEL_RATE = 48000
 MAX_RATIO_DENOMINATOR = 1000  # a shift's rate ratio with a longer term is approximated with denominator <= this

@@ -20,9 +20,9 @@ from typing import Iterator
 
 import torch
 
-from gan.config.schema import DegradeConfig
+from gan.config import DegradeConfig
+from gan.dsp.chunking import BlockReader, resample_blocks
 from gan.dsp.shifters import pitch_resample_rates, work_rate
-from gan.inference.enhance import BlockReader, resample_blocks
 
 
 def fit_blocks(blocks: Iterator[torch.Tensor], channels: int, n: int) -> Iterator[torch.Tensor]:

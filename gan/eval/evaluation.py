@@ -32,8 +32,8 @@ from typing import Iterator
 
 import numpy as np
 
+from gan.data.recipe import degrade_piece, mono_model_rate, piece_bounds
 from gan.dsp.audio import AudioError, find_audio_files, read_audio
-from gan.data.cache import degrade_piece, mono_model_rate, piece_bounds
 from gan.eval.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
 
 RATE = 48000
@@ -74,7 +74,7 @@ def shifter_examples(data_dir: str | Path, degrade_cfg, shifters: list[str], shi
     """Each clean file round-tripped by each named shifter and shift (0: the file unchanged)."""
     from gan.dsp.shifters import check_shifters, round_trip
 
-    from gan.config.schema import DegradeConfig
+    from gan.config import DegradeConfig
 
     check_shifters(DegradeConfig(shifters={n: 1.0 for n in shifters}))
     root = Path(data_dir)
@@ -185,7 +185,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     checkpoint), ``summary`` per checkpoint, ``compare`` with two checkpoints.
     Raises ``AudioError`` for data that gives no examples.
     """
-    from gan.inference.enhance import Enhancer, load_generator
+    from gan.inference import Enhancer, load_generator
 
     loaded = [load_generator(c) for c in checkpoints]
     enhancers = [Enhancer(g, chunk_seconds=chunk_seconds, device=device) for g in loaded]

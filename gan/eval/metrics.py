@@ -83,7 +83,7 @@ class MetricSuite:
     """
 
     def __init__(self, names: list[str] | None = None, loss_cfg=None):
-        from gan.config.schema import LossConfig
+        from gan.config import LossConfig
 
         loss_cfg = loss_cfg or LossConfig()
         wanted = list(names) if names is not None else [*CORE, *(m for m in EXTRA if m not in SPEECH)]

@@ -26,254 +26,20 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
+from gan.data.recipe import MAX_PEAK
 from gan.dsp.audio import AudioError, find_audio_files
-from gan.data.cache import MAX_PEAK
-from gan.train.checkpoint import CheckpointError, CheckpointManager
-from gan.config.schema import Config, ConfigError, config_from_dict
-from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, sinc_kernel_size
+from gan.dsp.chunking import READ_BLOCK, chunked_map, resample_blocks, round_up, tensor_blocks
+from gan.dsp.shifters import MODEL_RATE, apply_shift
+from gan.dsp.stream import stream_shift
 from gan.errors import first_line
-_READ_BLOCK = 1 << 16
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class LoadedGenerator:
-    model: torch.nn.Module
-    cfg: Config
-    step: int
-    ema: bool
-    path: Path  # the generator.pt that was loaded
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run dir (follows ``checkpoints/latest``), a step dir or a ``generator.pt`` -> the step dir."""
-    p = Path(path)
-    hint = "pass a run directory, a checkpoints/step_XXXXXXXXX directory or its generator.pt"
-    if p.is_file() and p.name == "generator.pt":
-        return p.parent
-    if not p.is_dir():
-        raise CheckpointError(f"checkpoint {path}: not found; {hint}")
-    if (p / "generator.pt").is_file():
-        return p
-    if (p / "checkpoints").is_dir():
-        try:
-            latest = CheckpointManager(p).latest()
-        except CheckpointError:
-            latest = None
-        if latest is None or not (latest / "generator.pt").is_file():
-            raise CheckpointError(f"checkpoint {path}: run directory has no complete checkpoint "
-                                  f"(checkpoints/latest missing or stale); {hint}")
-        return latest
-    raise CheckpointError(f"checkpoint {path}: no generator.pt and no checkpoints/ folder; {hint}")
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """Rebuild the generator from the checkpoint's ``config.yaml`` and load ``generator.pt``."""
-    import yaml
-
-    from generators import build_generator
-
-    step_dir = resolve_checkpoint(path)
-    cfg_path, weights = step_dir / "config.yaml", step_dir / "generator.pt"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"checkpoint {step_dir}: config.yaml missing; the checkpoint is incomplete")
-    try:
-        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {})
-    except (yaml.YAMLError, ConfigError) as e:
-        raise CheckpointError(f"checkpoint {cfg_path}: unusable config ({str(e).splitlines()[0]})") from None
-    try:
-        blob = torch.load(weights, map_location="cpu", weights_only=True)
-        state = blob["state_dict"]
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        msg = first_line(e)
-        raise CheckpointError(f"checkpoint {weights}: unreadable ({msg}); pick another checkpoint") from None
-    model = build_generator(cfg.generator)
-    state = strip_wrapper_prefixes(state)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing (first: {missing[0]})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (first: {unexpected[0]})"] if unexpected else []
-        raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml: "
-                              f"{', '.join(parts)}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # same keys, other shapes
-        shape = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), first_line(e))
-        raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml "
-                              f"({shape[:200]})") from None
-    model.eval().requires_grad_(False).to(device)
-    return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights)
-
-
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
-
-
-def strip_wrapper_prefixes(state: dict) -> dict:
-    """Keys saved from a compiled or DDP-wrapped model (``_orig_mod.stem...``) -> the bare model's keys."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
-
-
-def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:
-    """(alignment, context) in samples for chunking: the total stride, and how far one output
-    sample reaches into the input on either side (``input_span``; else the whole receptive field)."""
-    stride = int(getattr(cfg_generator, "total_stride", 1))
-    if hasattr(model, "input_span"):
-        spans = [(t, *model.input_span((t, t))) for t in range(stride)]
-        reach = max(max(t - a, b - t) for t, a, b in spans)
-    else:
-        reach = int(model.receptive_field())
-    return stride, _round_up(reach, stride)
-
-
-# --------------------------------------------------------------------------- chunking
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-@dataclass(frozen=True)
-class Window:
-    start: int  # input window [start, end)
-    end: int
-    keep_start: int  # kept output, in output coordinates [keep_start, keep_end)
-    keep_end: int
-    offset: int  # where keep_start lies in this window's output
-
-
-def plan_windows(n_in: int, n_out: int, hop: int, context: int, num: int = 1, den: int = 1) -> list[Window]:
-    """Windows for a map with ``num`` output samples per ``den`` input samples.
-
-    ``hop`` and ``context`` must be multiples of the map's input period; ``den`` must
-    divide ``hop`` and ``context``. The last window ends at ``n_in`` and keeps up to ``n_out``.
-    """
-    if hop % den or context % den:
-        raise ValueError(f"hop {hop} and context {context} must be multiples of {den}")
-    windows = []
-    for k in range(max(1, math.ceil(n_in / hop))):
-        a, b = k * hop, min((k + 1) * hop, n_in)
-        w0, w1 = max(0, a - context), min(n_in, b + context)
-        out_a = a * num // den
-        out_b = n_out if b == n_in else b * num // den
-        windows.append(Window(w0, w1, out_a, out_b, out_a - w0 * num // den))
-    return windows
-
-
-class BlockReader:
-    """Reads nondecreasing ranges ``[start, end)`` from a stream of ``(C, n)`` blocks.
-
-    Only samples a later read can still ask for are kept, so memory is bounded by the
-    largest window, not the stream.
-    """
-
-    def __init__(self, blocks: Iterator[torch.Tensor], channels: int):
-        self._blocks = blocks
-        self._buf = torch.zeros(channels, 0)
-        self._buf_start = 0
-
-    def read(self, start: int, end: int) -> torch.Tensor:
-        if start < self._buf_start:
-            raise ValueError(f"read [{start}, {end}) starts before retained sample {self._buf_start}")
-        parts, have = [self._buf], self._buf_start + self._buf.shape[-1]
-        while have < end:
-            block = next(self._blocks, None)
-            if block is None:
-                raise ValueError(f"stream ended at sample {have}, read asked for {end}")
-            parts.append(block)
-            have += block.shape[-1]
-        buf = torch.cat(parts, dim=-1) if len(parts) > 1 else self._buf
-        self._buf, self._buf_start = buf[:, start - self._buf_start:], start
-        return self._buf[:, : end - start]
-
-
-def chunked_map(blocks: Iterator[torch.Tensor], channels: int, n_in: int, n_out: int,
-                fn: Callable[[torch.Tensor], torch.Tensor], hop: int, context: int, num: int = 1, den: int = 1,
-                batch: int = 1, on_window: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
-    """Apply ``fn`` ``(k, C, L) -> (k, C, ceil(L * num / den))`` window by window; yields ``(C, n)``.
-
-    Windows of equal length are batched up to ``batch``. ``on_window(n)`` reports each
-    window's kept output samples (progress).
-    """
-    if n_in == 0:
-        return
-    reader = BlockReader(blocks, channels)
-    pending: list[tuple[Window, torch.Tensor]] = []
-
-    def flush():
-        y = fn(torch.stack([x for _, x in pending]))  # (k, C, L) -> (k, C, L_out)
-        for i, (w, _) in enumerate(pending):
-            yield y[i, :, w.offset: w.offset + w.keep_end - w.keep_start]
-            if on_window is not None:
-                on_window(w.keep_end - w.keep_start)
-        pending.clear()
-
-    for w in plan_windows(n_in, n_out, hop, context, num, den):
-        if pending and (len(pending) == batch or pending[0][0].end - pending[0][0].start != w.end - w.start):
-            yield from flush()
-        pending.append((w, reader.read(w.start, w.end)))
-    if pending:
-        yield from flush()
-
-
-def _resample_ratio(orig: int, new: int) -> tuple[int, int, int]:
-    """(num, den, context) of the sinc resampler ``orig -> new`` (torchaudio's default kernel)."""
-    g = math.gcd(orig, new)
-    num, den = new // g, orig // g
-    if sinc_kernel_size(orig, new) > MAX_KERNEL_SIZE:
-        raise AudioError(f"sample rate {orig} Hz: no exact short ratio to {new} Hz; convert the file "
-                         f"to a standard rate (44100, 48000, ...) first")
-    # torchaudio: width = ceil(6 * den / (0.99 * min(num, den))) input samples each side, plus one period.
-    width = math.ceil(6 * den / (0.99 * min(num, den)))
-    return num, den, _round_up(width + den, den) + den
-
-
-def resample_blocks(blocks: Iterator[torch.Tensor], channels: int, n_in: int, orig: int, new: int,
-                    hop: int = 1 << 19) -> tuple[Iterator[torch.Tensor], int]:
-    """Stream ``orig -> new`` Hz resampling equal to ``torchaudio.functional.resample`` of the whole.
-
-    ``(C, n_in)`` blocks -> (blocks, n_out) with ``n_out = ceil(n_in * new / orig)``; ``hop``
-    input samples per window.
-    """
-    if orig == new:
-        return blocks, n_in
-    num, den, context = _resample_ratio(orig, new)
-    n_out = -(-n_in * num // den)  # exact; torchaudio rounds this length in float32
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        # the appended zeros equal the zero padding the whole-signal call applies at the end;
-        # they only make the last window long enough for its exactly rounded length
-        return AF.resample(torch.nn.functional.pad(x, (0, den)), orig, new)
-
-    hop = _round_up(max(hop, den), den)
-    return chunked_map(blocks, channels, n_in, n_out, fn, hop, context, num, den), n_out
-
-
-def tensor_blocks(x: torch.Tensor, size: int = _READ_BLOCK) -> Iterator[torch.Tensor]:
-    """``(C, T)`` -> consecutive ``(C, <= size)`` views."""
-    for i in range(0, x.shape[-1], size):
-        yield x[:, i: i + size]
-
-
-# --------------------------------------------------------------------------- enhancement
-
+from gan.inference.loading import LoadedGenerator, generator_geometry
 
 class Enhancer:
     """Runs a generator over audio of any length, rate and channel count in overlapping windows."""
@@ -284,11 +50,11 @@ class Enhancer:
         self.model = loaded.model.to(self.device)
         self.cfg = loaded.cfg
         self.align, field = generator_geometry(self.model, loaded.cfg.generator)
-        self.context = field if context_seconds is None else _round_up(int(context_seconds * MODEL_RATE),
+        self.context = field if context_seconds is None else round_up(int(context_seconds * MODEL_RATE),
                                                                         self.align)
         if chunk_seconds <= 0:
             raise ValueError(f"--chunk-seconds {chunk_seconds}: must be positive")
-        self.hop = _round_up(max(int(chunk_seconds * MODEL_RATE), 1), self.align)
+        self.hop = round_up(max(int(chunk_seconds * MODEL_RATE), 1), self.align)
         self.batch_size = max(1, batch_size)
         self.shifter = shifter or main_shifter(loaded.cfg.data.degrade)  # for shift != 0
         if shifter is not None:
@@ -333,12 +99,8 @@ class Enhancer:
         if shift:
             shifter = self.shifter
             if shifter == "torchaudio" and n48 >= MODEL_RATE:
-                from gan.dsp.stream import stream_shift
-
                 x48 = stream_shift(x48, channels, n48, MODEL_RATE, shift, self.cfg.data.degrade)
             else:  # short input, or a shifter that needs the whole signal at once
-                from gan.dsp.shifters import apply_shift
-
                 whole = torch.cat(list(x48), dim=-1) if n48 else torch.zeros(channels, 0)  # (C, n48)
                 x48 = tensor_blocks(apply_shift(whole, MODEL_RATE, shift, self.cfg.data.degrade, shifter))
         if not clean:  # the shifted input alone (for A/B listening against the cleaned file)
@@ -379,7 +141,7 @@ class Enhancer:
                 raise AudioError(f"{dst}: cannot write {info.format}/{subtype} ({e}); pass another --subtype "
                                  "or convert the input to WAV/FLAC") from None
             with sf.SoundFile(str(src)) as fin, fout:
-                blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(_READ_BLOCK, dtype="float32",
+                blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(READ_BLOCK, dtype="float32",
                                                                           always_2d=True))
                 written = 0
                 try:
@@ -420,7 +182,7 @@ def _file_peak(path: Path) -> float:
     peak = 0.0
     try:
         with sf.SoundFile(str(path)) as f:
-            for b in f.blocks(_READ_BLOCK, dtype="float32", always_2d=True):
+            for b in f.blocks(READ_BLOCK, dtype="float32", always_2d=True):
                 if b.size:
                     peak = max(peak, float(np.abs(b).max()))
     except (RuntimeError, ValueError, sf.LibsndfileError):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from gan.config.schema import LossConfig, LossWeights, MelLossConfig
+from gan.config import LossConfig, LossWeights, MelLossConfig
 
 _LN10 = math.log(10.0)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from gan.config.schema import OptimizerConfig, SchedulerConfig
+from gan.config import OptimizerConfig, SchedulerConfig
 from gan.optim.muon import Muon, matrix_shape
 
 _CONV = nn.modules.conv._ConvNd

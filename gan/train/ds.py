@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
+from gan.config import Config, ConfigError
 from gan.train.checkpoint import CheckpointError
-from gan.config.schema import Config, ConfigError
 
 NETWORKS = ("generator", "discriminator")
 _SUPPORTED_STAGES = (1, 2)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from gan.train.checkpoint import CheckpointError
-from gan.config.schema import Config, ConfigError, load_config, to_dict
+from gan.config import Config, ConfigError, load_config, to_dict
 from gan.errors import first_line
+from gan.train.checkpoint import CheckpointError
 from gan.train.trainer import Trainer
 
 
@@ -27,7 +27,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, 
     from safetensors.torch import load_file
 
     from gan.train.checkpoint import resolve_resume
-    from gan.inference.enhance import strip_wrapper_prefixes
+    from gan.inference.loading import strip_wrapper_prefixes
 
     step = resolve_resume(path, str(path))
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
@@ -58,7 +58,7 @@ def cpu_threads(setting: int) -> int:
         return setting
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    from gan.data.cache import usable_cores
+    from gan.data.preprocess import usable_cores
 
     cores = usable_cores()
     free = cores - int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else cores
@@ -83,7 +83,7 @@ def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
     """
     import yaml
 
-    from gan.config.schema import config_from_dict
+    from gan.config import config_from_dict
 
     saved = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()) or {})
     cfg = config_from_dict(to_dict(saved), overrides)
@@ -117,7 +117,7 @@ def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume
     checkpoint (``resume_config``), not from ``config``.
     """
     from gan.train.checkpoint import resolve_resume
-    from gan.config.schema import resolve_config_path
+    from gan.config import resolve_config_path
 
     path = resolve_config_path(config)
     if run_dir is None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import os
 import signal
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -35,9 +35,9 @@ from generators import build_generator
 
 from gan.train import ds
 from gan.losses.adversarial import AdversarialLoss
-from gan.data.cache import ensure_cache
+from gan.data.preprocess import ensure_cache
 from gan.train.checkpoint import CheckpointError, CheckpointManager, code_version
-from gan.config.schema import Config, dump_config, to_dict
+from gan.config import Config, dump_config, to_dict
 from gan.data.loader import load_val_set, make_train_loader
 from gan.errors import UnshiftError, first_line
 from gan.losses.reconstruction import GeneratorReconstruction, MultiScaleMelLoss, si_sdr
