@@ -71,7 +71,11 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
             mixed_precision=t.mixed_precision,
             dynamo_backend="inductor" if t.compile else "no",
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            # On CPU, DDP keeps its first gradient buckets (find_unused_parameters turns the rebuild after the
+            # first step off): gloo sums a bucket in chunks, so a resumed run must bucket like an unbroken one
+            # to add the same gradients in the same order (bit-exact resume with 3+ processes)
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False,
+                                                           find_unused_parameters=not torch.cuda.is_available())],
         )
         acc = self.accelerator
         self.is_main = acc.is_main_process
