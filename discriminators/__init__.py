@@ -5,7 +5,7 @@ entry per sub-discriminator, named in ``.names``; ``MultiDiscriminator``
 concatenates those lists for a config's ``discriminators:`` list.
 
     mpd      multi-period (HiFi-GAN / DAC MPD)            names mpd_2, mpd_3, ...
-    mrstft   multi-resolution complex STFT (DAC MRD)      names mrstft_2048, ...
+    mrd      multi-resolution complex STFT (DAC MRD)      names mrd_2048, ...
     msd      multi-scale waveform (DAC MSD), optional     names msd_1, msd_2, ...
 
 Weights of DAC's ``dac.model.discriminator.Discriminator`` load with ``load_dac_weights``.
@@ -17,12 +17,12 @@ import torch.nn as nn
 
 from .common import DiscriminatorFamily, Output, normalize_peak
 from .mpd import MPDConfig, MultiPeriodDiscriminator
-from .mrstft import MRSTFTConfig, MultiResolutionSTFTDiscriminator
+from .mrd import MRDConfig, MultiResolutionDiscriminator
 from .msd import MSDConfig, MultiScaleDiscriminator
 
 REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
     "mpd": (MultiPeriodDiscriminator, MPDConfig),
-    "mrstft": (MultiResolutionSTFTDiscriminator, MRSTFTConfig),
+    "mrd": (MultiResolutionDiscriminator, MRDConfig),
     "msd": (MultiScaleDiscriminator, MSDConfig),
 }
 
@@ -73,10 +73,10 @@ def load_dac_weights(ours: MultiDiscriminator, dac_disc: nn.Module) -> None:
     """
     from dac.model.discriminator import MPD, MRD, MSD
 
-    kinds = {MultiPeriodDiscriminator: MPD, MultiScaleDiscriminator: MSD, MultiResolutionSTFTDiscriminator: MRD}
+    kinds = {MultiPeriodDiscriminator: MPD, MultiScaleDiscriminator: MSD, MultiResolutionDiscriminator: MRD}
     for fam in ours.families:
         fam.load_dac_subs([d for d in dac_disc.discriminators if isinstance(d, kinds[type(fam)])])
 
 
 __all__ = ["REGISTRY", "MultiDiscriminator", "build_discriminator", "load_dac_weights", "DiscriminatorFamily",
-           "MPDConfig", "MRSTFTConfig", "MSDConfig"]
+           "MPDConfig", "MRDConfig", "MSDConfig"]

@@ -1,6 +1,6 @@
 """Pieces shared by the discriminator families.
 
-A family (``mpd``, ``mrstft``, ``msd``) holds several sub-discriminators in ``subs``
+A family (``mpd``, ``mrd``, ``msd``) holds several sub-discriminators in ``subs``
 (one per period / window / rate) with one name each in ``names``. A sub-discriminator
 returns DAC's list of feature maps whose last entry is the logits map; the family
 turns that into ``(logits, feature_maps)``.

@@ -29,7 +29,7 @@ _close = Trainer.close
 def close_after_dumping_weights(self: Trainer) -> None:
     acc = self.accelerator
     weights = {"G": acc.unwrap_model(self.G).state_dict(), "D": acc.unwrap_model(self.D).state_dict(),
-               "world": acc.num_processes, "engines": self.engines is not None, "step": self.step}
+               "world": acc.num_processes, "engines": self.backend.name == "deepspeed", "step": self.step}
     torch.save(weights, self.run_dir / f"rank{acc.process_index}.pt")
     _close(self)
 

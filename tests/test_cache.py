@@ -89,7 +89,8 @@ def test_split_is_a_stable_hash_of_the_relative_path():
     names = [f"song{i}.wav" for i in range(400)]
     val = [n for n in names if split_of(n, 0.25) == "val"]
     assert 60 < len(val) < 140
-    assert val == [n for n in names if split_of(n, 0.25) == "val"]
+    # pinned: the split of a file must not move between versions, processes or machines
+    assert val[:6] == ["song0.wav", "song11.wav", "song19.wav", "song22.wav", "song25.wav", "song28.wav"]
     assert all(split_of(n, 0.0) == "train" for n in names)
 
 

@@ -6,10 +6,11 @@ import torch.nn as nn
 
 import discriminators
 import generators
-from gan.config import (CONFIG_DIR, ConfigError, TrainerConfig, config_from_dict, config_hash, dump_config,
-                        load_config, resolve_config_path)
-from gan.config.loader import _build
 import yaml
+
+from gan.config import (CONFIG_DIR, ConfigError, DegradeConfig, TrainerConfig, config_from_dict, config_hash,
+                        dump_config, load_config, resolve_config_path)
+from gan.config.loader import _build
 
 
 @dataclass
@@ -43,7 +44,7 @@ def base() -> dict:
         "data": {"audio_dir": "data/demo", "cache_dir": "cache/x", "segment_length": 1024},
         "generator": {"name": "fake_gen", "strides": [2, 4]},
         "discriminators": [{"name": "fake_disc", "periods": [2, 3]}],
-        "trainer": {"max_steps": 100, "warmup_steps": 10},
+        "trainer": {"max_steps": 100, "pretrain_steps": 10},
     }
 
 
@@ -70,7 +71,7 @@ def test_defaults_and_round_trip(fake_registry, tmp_path):
     ("generator.name=nope", "generator.name: unknown generator 'nope'"),
     ("discriminators.0.periodz=[2]", "discriminators.0.periodz: unknown key"),
     ("discriminators.3.periods=[2]", "discriminators.3 is not an index"),
-    ("trainer.warmup_steps=-1", "trainer.warmup_steps: -1 must be >= 0"),
+    ("trainer.pretrain_steps=-1", "trainer.pretrain_steps: -1 must be >= 0"),
     ("data.segment_length=1001", "data.segment_length: 1001 must be a multiple of the generator's total stride"),
     ("trainer.max_steps", "expected key=value"),
 ])
@@ -106,7 +107,7 @@ def test_overrides_go_through_validation_and_apply(fake_registry):
 
 def test_section_builder_directly():
     t = _build(TrainerConfig, {"max_steps": 5}, "trainer")
-    assert t.max_steps == 5 and t.warmup_steps == 0
+    assert t.max_steps == 5 and t.pretrain_steps == 0
     with pytest.raises(ConfigError, match="trainer.keep_last: must be at least 1"):
         _build(TrainerConfig, {"max_steps": 5, "keep_last": 0}, "trainer")
 
@@ -124,6 +125,8 @@ def test_config_lookup(tmp_path):
 def test_hash_is_stable_and_sensitive(fake_registry):
     a = config_from_dict(base())
     b = config_from_dict(base(), ["data.degrade.shifts=[12]"])
+    # pinned: a cache's name must not change between versions or processes for the same settings
+    assert config_hash(DegradeConfig()) == "7cdc65d38eeb515f" and config_hash({"a": [1, 2]}) == "0bf464f8d802f582"
     assert config_hash(a.data.degrade) == config_hash(config_from_dict(base()).data.degrade)
     assert config_hash(a.data.degrade) != config_hash(b.data.degrade)
 
@@ -135,3 +138,28 @@ def test_shipped_configs_load_and_round_trip():
         cfg = load_config(name)
         assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
         assert load_config(f"{name}.yaml") == cfg
+
+
+def test_keys_of_an_earlier_version_load_under_their_new_names(capsys, monkeypatch):
+    import gan.config.loader
+
+    monkeypatch.setattr(gan.config.loader, "_SAID", set())
+    d = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
+    d["trainer"]["warmup_steps"] = d["trainer"].pop("pretrain_steps")
+    d["discriminators"][1]["name"] = "mrstft"
+    cfg = config_from_dict(d)
+    assert cfg.trainer.pretrain_steps == 400 and cfg.discriminators[1].name == "mrd"
+    err = capsys.readouterr().err
+    assert "trainer.warmup_steps is now trainer.pretrain_steps" in err and "'mrstft' is now 'mrd'" in err
+    assert config_from_dict(d, ["trainer.warmup_steps=7"]).trainer.pretrain_steps == 7
+    d["trainer"]["pretrain_steps"] = 3
+    with pytest.raises(ConfigError, match="trainer.warmup_steps: renamed trainer.pretrain_steps; both are set"):
+        config_from_dict(d)
+
+
+def test_log_with_names_installed_trackers_only():
+    assert TrainerConfig(max_steps=1).log_with == ["tensorboard"]
+    with pytest.raises(ConfigError, match="trainer.log_with: unknown tracker 'tensorbord'"):
+        TrainerConfig(max_steps=1, log_with=["tensorbord"])
+    with pytest.raises(ConfigError, match="trainer.log_with: aim is not installed; pip install aim"):
+        TrainerConfig(max_steps=1, log_with=["aim"])

@@ -168,32 +168,37 @@ def test_short_item_at_position_zero_stays_inside_its_item(cache, name):
                                              np.where(expected != 0, expected + 12, 0)])
 
 
-def _zombie_children() -> list[int]:
+def _children() -> dict[int, str]:
+    """This process's child processes -> their state letter (R, S, Z, ...), from /proc."""
     import os
     from pathlib import Path
-    zombies = []
+    children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] == "Z" and int(fields[1]) == os.getpid():
-            zombies.append(int(stat.parent.name))
-    return zombies
+        if int(fields[1]) == os.getpid():
+            children[int(stat.parent.name)] = fields[0]
+    return children
 
 
 def test_closing_the_loader_reaps_workers_stuck_in_a_batch(cache, monkeypatch):
     import time
     import gan.data.loader as data_mod
     monkeypatch.setattr(data_mod, "STOP_SECONDS", 0.2)
+    before = set(_children())
     loader = make_train_loader(cache, cfg_for(cache, batch_size=4, num_workers=2), 0, 1)
     real = TrainStream.batch
     monkeypatch.setattr(TrainStream, "batch", lambda self, i, out=None: (i > 0 and time.sleep(60)) or real(self, i, out))
     it = iter(loader)
     next(it)  # batch 0; the workers now hang on later batches
-    before = set(_zombie_children())
+    workers = {pid for pid, state in _children().items() if pid not in before and state != "Z"}
+    assert len(workers) >= 2  # the two workers, alive and stuck
+    t0 = time.monotonic()
     it.close()
-    assert set(_zombie_children()) - before == set()
+    assert time.monotonic() - t0 < 10  # not the 60 s the workers sleep
+    assert workers.isdisjoint(_children())  # killed and reaped: neither running nor zombies
 
 
 def test_augmentation_scales_pairs_by_one_gain_and_silences_a_share(cache):

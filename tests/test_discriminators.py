@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import discriminators
-from discriminators import MPDConfig, MRSTFTConfig, MSDConfig, build_discriminator, load_dac_weights
+from discriminators import MPDConfig, MRDConfig, MSDConfig, build_discriminator, load_dac_weights
 from discriminators.common import normalize_peak, reflect_pad
 from gan.config import ConfigError, config_from_dict, load_config
-from tiny_configs import (single_thread, tiny_discriminators, tiny_model_sections, tiny_mpd, tiny_mrstft,
+from tiny_configs import (single_thread, tiny_discriminators, tiny_model_sections, tiny_mpd, tiny_mrd,
                           tiny_msd)
 
-FAMILIES = {"mpd": tiny_mpd(), "mrstft": tiny_mrstft(), "msd": tiny_msd()}
+FAMILIES = {"mpd": tiny_mpd(), "mrd": tiny_mrd(), "msd": tiny_msd()}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,7 +33,7 @@ def _all_maps(out) -> list[torch.Tensor]:
 
 
 def test_registry_names_and_config_classes():
-    assert sorted(discriminators.REGISTRY) == ["mpd", "mrstft", "msd"]
+    assert sorted(discriminators.REGISTRY) == ["mpd", "mrd", "msd"]
     for name, (cls, cfg_cls) in discriminators.REGISTRY.items():
         assert dataclasses.fields(cfg_cls)[0].name == "name" and cfg_cls().name == name
         assert type(cls(FAMILIES[name])) is cls
@@ -42,7 +42,7 @@ def test_registry_names_and_config_classes():
 def test_unknown_and_duplicate_discriminators():
     bad = copy.copy(tiny_mpd())
     bad.name = "msstftd"
-    with pytest.raises(ValueError, match=r"'msstftd'.*\['mpd', 'mrstft', 'msd'\]"):
+    with pytest.raises(ValueError, match=r"'msstftd'.*\['mpd', 'mrd', 'msd'\]"):
         build_discriminator([bad])
     with pytest.raises(ValueError, match=r"\['mpd_3'\] appear twice"):
         build_discriminator([tiny_mpd(), tiny_mpd(periods=[3, 5])])
@@ -61,8 +61,8 @@ def test_config_loader_builds_and_checks_discriminator_sections():
 
 
 def test_names_follow_the_config_order():
-    d = build_discriminator([tiny_mrstft(), tiny_mpd(), tiny_msd()])
-    assert d.names == ["mrstft_256", "mrstft_128", "mpd_2", "mpd_3", "msd_1", "msd_2"]
+    d = build_discriminator([tiny_mrd(), tiny_mpd(), tiny_msd()])
+    assert d.names == ["mrd_256", "mrd_128", "mpd_2", "mpd_3", "msd_1", "msd_2"]
 
 
 # --------------------------------------------------------------------------- contract
@@ -84,14 +84,14 @@ def test_shape_contract(family, length):
 
 def test_frame_counts():
     """MPD folds ceil((T+1)/p) rows (DAC pads a full period when p divides T); MRSTFT has ceil(T/hop) frames."""
-    d = build_discriminator([tiny_mpd(), tiny_mrstft()])
+    d = build_discriminator([tiny_mpd(), tiny_mrd()])
     with torch.no_grad():
         out = dict(zip(d.names, d(torch.randn(1, 1, 1000))))
     # mpd_2: 1000 -> 1002 -> 501 rows -> three stride-3 convs: 167, 56, then stride 1
     assert out["mpd_2"][0].shape == (1, 1, 56, 2)
     assert out["mpd_3"][0].shape == (1, 1, 38, 3)  # 1001 / 3 = 334 -> 112 -> 38
-    assert out["mrstft_256"][1][0].shape[2] == 16  # ceil(1000 / 64) frames
-    assert out["mrstft_128"][1][0].shape[2] == 32  # ceil(1000 / 32)
+    assert out["mrd_256"][1][0].shape[2] == 16  # ceil(1000 / 64) frames
+    assert out["mrd_128"][1][0].shape[2] == 32  # ceil(1000 / 32)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -128,7 +128,7 @@ def test_normalize_peak_exact_values():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_normalisation_makes_d_blind_to_gain_and_dc(normalize):
     torch.manual_seed(0)
-    d = build_discriminator([tiny_mpd(normalize=normalize), tiny_mrstft(normalize=normalize)])
+    d = build_discriminator([tiny_mpd(normalize=normalize), tiny_mrd(normalize=normalize)])
     x = torch.randn(2, 1, 1200)
     with torch.no_grad():
         a = torch.cat([t.flatten() for t in _all_maps(d(x))])
@@ -158,7 +158,7 @@ def dac_pair():
         torch.manual_seed(0)
         ref = Discriminator(rates=[1, 2], periods=[2, 3], fft_sizes=[2048, 512], sample_rate=48000)
     ours = build_discriminator([MPDConfig(periods=[2, 3]), MSDConfig(rates=[1, 2]),
-                                MRSTFTConfig(window_lengths=[2048, 512])])
+                                MRDConfig(window_lengths=[2048, 512])])
     load_dac_weights(ours, ref)
     return ref, ours
 
@@ -195,6 +195,6 @@ def test_shipped_configs_build(config):
     cfg = load_config(config)
     with torch.device("meta"):
         d = build_discriminator(cfg.discriminators)
-    assert d.names == ["mpd_2", "mpd_3", "mpd_5", "mpd_7", "mpd_11", "mrstft_2048", "mrstft_1024", "mrstft_512"]
-    mpd, mrstft = (sum(p.numel() for p in fam.parameters()) for fam in d.families)
-    assert (mpd, mrstft) == (41_105_770, 1_413_990)  # as DAC's MPD x 5 and MRD x 3
+    assert d.names == ["mpd_2", "mpd_3", "mpd_5", "mpd_7", "mpd_11", "mrd_2048", "mrd_1024", "mrd_512"]
+    mpd, mrd = (sum(p.numel() for p in fam.parameters()) for fam in d.families)
+    assert (mpd, mrd) == (41_105_770, 1_413_990)  # as DAC's MPD x 5 and MRD x 3

@@ -29,7 +29,7 @@ def learning_dict(audio_dir, cache_dir) -> dict:
         "generator": {"name": "dac_unet", "channels": 8, "max_channels": 32, "strides": [2, 4], "patch_size": 2,
                       "residual": True, "output_activation": "none"},
         "discriminators": [{"name": "mpd", "periods": [2, 3], "channels": [4, 8]}],
-        "trainer": {"max_steps": STEPS, "warmup_steps": STEPS, "log_every": STEPS, "val_every": STEPS,
+        "trainer": {"max_steps": STEPS, "pretrain_steps": STEPS, "log_every": STEPS, "val_every": STEPS,
                     "save_every": STEPS, "keep_last": 1},
         "loss_weights": {"mel": 15.0, "l1": 0.0},
         "optim": {"generator": {"name": "muon", "lr": 1e-3, "muon_lr": 1e-1, "grad_clip": 1000.0}},
@@ -50,7 +50,7 @@ def mel_distance(tr: Trainer, crops: dict) -> tuple[float, float]:
     """(enhanced, degraded) mel distance of fixed crops to their clean references."""
     g = tr.generator_for_inference().eval()
     clean, degraded = (torch.from_numpy(crops[k].copy())[:, None] for k in ("clean", "degraded"))
-    return float(tr.val_mel(g(degraded), clean)), float(tr.val_mel(degraded, clean))
+    return float(tr.validator.mel(g(degraded), clean)), float(tr.validator.mel(degraded, clean))
 
 
 def test_generator_learns_to_undo_the_round_trip(learning_data, tmp_path):

@@ -26,11 +26,16 @@ def get_json(url: str):
 
 @pytest.mark.slow
 def test_tensorboard_serves_scalars_and_audio_of_a_run(tmp_path):
-    log = RunLogger(tmp_path / "tb", sample_rate=48000)
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    acc = Accelerator(cpu=True, log_with=["tensorboard"],
+                      project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(tmp_path)))
+    log = RunLogger(acc, "tb", sample_rate=48000)
     for step in (1, 2, 3):
         log.scalars({"train/g/mel": 1.0 / step}, step)
     log.audio("audio/0/enhanced", torch.zeros(4800), 3)
-    log.close()
+    acc.end_training()
     exe = Path(sys.executable).parent / "tensorboard"  # the command make demo prints: .venv/bin/tensorboard
     port = free_port()
     proc = subprocess.Popen([str(exe), "--logdir", str(tmp_path / "tb"), "--host", "127.0.0.1", "--port", str(port)],

@@ -15,7 +15,7 @@ from conftest import DEMO_AUDIO, ROOT
 from gan.dsp.audio import read_audio, to_mono, write_audio
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
-from gan.train.trainer import ADVERSARIAL, WARMUP, NonFiniteError, Trainer, stage_at
+from gan.train.trainer import ADVERSARIAL, PRETRAIN, NonFiniteError, Trainer, stage_at
 
 PY = sys.executable
 
@@ -27,8 +27,8 @@ def tiny_dict(audio_dir: Path, cache_dir: Path, **trainer) -> dict:
                  "val_examples": 2, "degrade": {"shifts": [12], "n_fft": 512}},
         "generator": {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4]},
         "discriminators": [{"name": "mpd", "periods": [2, 3], "channels": [4, 8]},
-                           {"name": "mrstft", "window_lengths": [512, 256], "channels": 4}],
-        "trainer": {"max_steps": 6, "warmup_steps": 3, "log_every": 1, "val_every": 3, "save_every": 3,
+                           {"name": "mrd", "window_lengths": [512, 256], "channels": 4}],
+        "trainer": {"max_steps": 6, "pretrain_steps": 3, "log_every": 1, "val_every": 3, "save_every": 3,
                     "keep_last": 5, **trainer},
         "loss_weights": {"mel": 15.0, "l1": 1.0, "feat": 2.0, "adv": 1.0},
         "loss": {"mel": {"n_mels": [10, 40], "window_lengths": [64, 512], "mel_fmin": [0, 0],
@@ -67,7 +67,7 @@ def changed(before: dict, module) -> bool:
 
 
 def test_stage_is_a_pure_function_of_the_step():
-    assert stage_at(0, 3) == WARMUP and stage_at(2, 3) == WARMUP
+    assert stage_at(0, 3) == PRETRAIN and stage_at(2, 3) == PRETRAIN
     assert stage_at(3, 3) == ADVERSARIAL and stage_at(10**6, 3) == ADVERSARIAL
     assert stage_at(0, 0) == ADVERSARIAL
 
@@ -173,13 +173,13 @@ def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
     g0 = params(tr.G)
     logs = tr.train_step([batch])
     assert not changed(g0, tr.G)
-    assert logs["train/skipped/g"] == 1 and tr.nonfinite["g"] == 1
+    assert logs["train/skipped/g"] == 1 and tr.gan_step.nonfinite["g"] == 1
     with pytest.raises(NonFiniteError, match="non-finite for 2 steps"):
         tr.train_step([batch])
     monkeypatch.setattr(tr.reconstruction, "forward", forward)
-    tr.nonfinite["g"] = 0
+    tr.gan_step.nonfinite["g"] = 0
     tr.train_step([batch])
-    assert changed(g0, tr.G) and tr.nonfinite["g"] == 0
+    assert changed(g0, tr.G) and tr.gan_step.nonfinite["g"] == 0
     tr.close()
 
 
@@ -190,7 +190,7 @@ def _write_config(tiny_data, path: Path, **trainer) -> Path:
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
-    d = tiny_dict(*tiny_data, max_steps=100000, warmup_steps=2, save_every=100000, val_every=100000, log_every=1)
+    d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
     d["data"]["num_workers"] = 2  # the loader's workers get the signal too
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(d))
@@ -248,7 +248,7 @@ def test_bench_train_prints_one_json_object(tiny_data, tmp_path):
                           "--untimed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)  # nothing but the JSON on stdout
-    for stage in ("warmup", "adversarial"):
+    for stage in ("pretrain", "adversarial"):
         assert result["steps_per_s"][stage] > 0 and result["samples_per_s"][stage] > 0
     assert {"g_fwd_bwd", "d_fwd_bwd", "optimizer", "data"} <= set(result["adversarial"]["time_split_s_per_step"])
 
@@ -263,7 +263,7 @@ def test_fresh_start_in_a_run_dir_with_checkpoints_is_refused(tiny_data, tmp_pat
 
 def test_validation_without_val_data_is_skipped(tiny_data, tmp_path):
     tr = make_trainer(tiny_data, tmp_path / "run")
-    tr._val_set = {"clean": torch.zeros(0, 1, 10), "degraded": torch.zeros(0, 1, 10), "shift": torch.zeros(0)}
+    tr.validator.val_set = {"clean": torch.zeros(0, 1, 10), "degraded": torch.zeros(0, 1, 10), "shift": torch.zeros(0)}
     assert tr.validate() == {}
     tr.close()
 
@@ -306,7 +306,7 @@ def test_tensorboard_of_a_resumed_run_equals_an_uninterrupted_one(tiny_data, tmp
 
 
 def test_generator_pretraining_then_adversarial_continuation_equals_one_run(tiny_data, tmp_path):
-    """A generator-only run (max_steps <= warmup_steps) continued with a larger max_steps equals one straight run."""
+    """A generator-only run (max_steps <= pretrain_steps) continued with a larger max_steps equals one straight run."""
     tr = make_trainer(tiny_data, tmp_path / "a")  # 3 generator-only + 3 adversarial steps
     tr.train()
     tr.close()
@@ -328,7 +328,7 @@ def test_identical_runs_write_identical_checkpoints(tiny_data, tmp_path):
 
     for name in ("a", "b"):
         random.random(), np.random.random()  # whatever ran before must not matter
-        tr = make_trainer(tiny_data, tmp_path / name, max_steps=2, warmup_steps=1, save_every=2)
+        tr = make_trainer(tiny_data, tmp_path / name, max_steps=2, pretrain_steps=1, save_every=2)
         tr.train()
         tr.close()
     states = [torch.load(tmp_path / n / "checkpoints" / "step_000000002" / "random_states_0.pkl", weights_only=False)
@@ -351,17 +351,17 @@ def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tm
     tr.close()
     assert "fresh start; run directory runs/mine; cpu x 1 process" in capsys.readouterr().out
     # the user edits the file afterwards and forgets an override: the run keeps its own settings
-    _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, warmup_steps=1, log_every=2)
+    _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, pretrain_steps=1, log_every=2)
     tr = run_from_args("runs/mine/config.yaml", None, ["trainer.max_steps=5"], "auto")  # its own config.yaml
     out = capsys.readouterr().out
     assert tr.run_dir == Path("runs/mine") and tr.step == 3
-    assert tr.cfg.trainer.warmup_steps == 3 and tr.cfg.trainer.log_every == 1 and tr.cfg.trainer.max_steps == 5
+    assert tr.cfg.trainer.pretrain_steps == 3 and tr.cfg.trainer.log_every == 1 and tr.cfg.trainer.max_steps == 5
     assert "resume: trainer.max_steps 3 -> 5" in out and "resumed from runs/mine/checkpoints/step_000000003" in out
     tr.close()
     with pytest.raises(ConfigError, match=r"--set data.segment_length: cannot change when resuming at step 3"):
         run_from_args(str(cfg), "runs/mine", ["data.segment_length=4096"], "auto")
-    with pytest.raises(ConfigError, match=r"--set trainer.warmup_steps: cannot change"):  # boundary passed
-        run_from_args(str(cfg), "runs/mine", ["trainer.warmup_steps=2"], "auto")
+    with pytest.raises(ConfigError, match=r"--set trainer.pretrain_steps: cannot change"):  # boundary passed
+        run_from_args(str(cfg), "runs/mine", ["trainer.pretrain_steps=2"], "auto")
 
 
 def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_path, capsys):
@@ -398,7 +398,7 @@ def test_automatic_threads_leave_busy_cores_free(monkeypatch):
 
 
 def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, warmup_steps=1)
+    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, pretrain_steps=1)
     out = subprocess.run([PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir",
                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

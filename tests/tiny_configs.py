@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-from discriminators import MPDConfig, MRSTFTConfig, MSDConfig
+from discriminators import MPDConfig, MRDConfig, MSDConfig
 from gan.config import to_dict
 from generators import DacUNetConfig, WavUNetConfig
 
@@ -44,8 +44,8 @@ def tiny_mpd(**kw) -> MPDConfig:
     return MPDConfig(**{"periods": [2, 3], "channels": [4, 8, 16], **kw})
 
 
-def tiny_mrstft(**kw) -> MRSTFTConfig:
-    return MRSTFTConfig(**{"window_lengths": [256, 128], "channels": 4, **kw})
+def tiny_mrd(**kw) -> MRDConfig:
+    return MRDConfig(**{"window_lengths": [256, 128], "channels": 4, **kw})
 
 
 def tiny_msd(**kw) -> MSDConfig:
@@ -54,7 +54,7 @@ def tiny_msd(**kw) -> MSDConfig:
 
 def tiny_discriminators() -> list:
     """MPD + MR-STFT, the production pair, tiny."""
-    return [tiny_mpd(), tiny_mrstft()]
+    return [tiny_mpd(), tiny_mrd()]
 
 
 def tiny_model_sections(generator: str = "dac_unet") -> dict:

@@ -50,7 +50,7 @@ def run(args) -> dict:
     from gan.data.loader import make_train_loader
     from gan.eval.evaluation import shifter_examples
     from gan.eval.metrics import MetricSuite
-    from gan.train.trainer import WARMUP, Trainer
+    from gan.train.trainer import PRETRAIN, Trainer
 
     cfg = load_config(args.config, [*args.overrides, f"trainer.max_steps={args.steps}"])
     examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,
@@ -64,7 +64,7 @@ def run(args) -> dict:
         batches = iter(make_train_loader(tr.cache_dir, cfg.data, 0, 1))
         start = time.perf_counter()
         for i in range(args.steps):
-            tr.train_step(tr.next_micro_batches(batches), stage=WARMUP)
+            tr.train_step(tr.next_micro_batches(batches), stage=PRETRAIN)
             tr.step += 1
             if (i + 1) % args.every == 0 or i + 1 == args.steps:
                 g = tr.generator_for_inference()

@@ -91,12 +91,12 @@ def _dac_comparison(ours: MultiDiscriminator, cfgs: list, x: torch.Tensor, reps:
         from dac.model.discriminator import MPD, MRD, Discriminator
 
         periods = next(c.periods for c in cfgs if c.name == "mpd")
-        windows = next(c.window_lengths for c in cfgs if c.name == "mrstft")
+        windows = next(c.window_lengths for c in cfgs if c.name == "mrd")
         ref = Discriminator(periods=periods, fft_sizes=windows, sample_rate=SAMPLE_RATE)
     load_dac_weights(ours, ref)
     pairs = {}
     for fam, cfg in zip(ours.families, cfgs):
-        kind = {"mpd": MPD, "mrstft": MRD}[cfg.name]
+        kind = {"mpd": MPD, "mrd": MRD}[cfg.name]
         pairs[cfg.name] = (fam, _DacFamily(ref, kind))
     warm = x[:1, :, : x.shape[-1] // 4]
     for fam, dac_fam in pairs.values():  # lazy inits (scipy, jit, allocator) out of the timings
@@ -168,7 +168,7 @@ def run(args) -> dict:
         if hit is None:
             d = build_discriminator(section)
             params = sum(p.numel() for p in d.parameters())
-            if not args.no_dac and "d_vs_dac" not in out and sorted(c.name for c in section) == ["mpd", "mrstft"]:
+            if not args.no_dac and "d_vs_dac" not in out and sorted(c.name for c in section) == ["mpd", "mrd"]:
                 cmp = _dac_comparison(d, section, x, args.reps)
                 out["d_vs_dac_time_ratio"] = round(cmp["ratio"], 3)
                 out["d_vs_dac"] = {"config": name, "ours_s": cmp["ours_s"], "dac_s": cmp["dac_s"],

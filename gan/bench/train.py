@@ -18,7 +18,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args) -> dict:
     from gan.config import load_config
     from gan.data.loader import make_train_loader
-    from gan.train.trainer import ADVERSARIAL, WARMUP, Trainer, peak_memory_mb
+    from gan.train.trainer import ADVERSARIAL, PRETRAIN, Trainer, peak_memory_mb
 
     cfg = load_config(args.config, args.overrides)
     out = {"config": args.config, "overrides": args.overrides, "batch_size": cfg.data.batch_size,
@@ -31,7 +31,7 @@ def run(args) -> dict:
         out["num_processes"] = acc.num_processes
         batches = iter(make_train_loader(tr.cache_dir, cfg.data, acc.process_index, acc.num_processes))
         dev = acc.device
-        for stage in (WARMUP, ADVERSARIAL):
+        for stage in (PRETRAIN, ADVERSARIAL):
             for i in range(args.untimed + args.steps):
                 if i == args.untimed:
                     tr.timers.clear()
@@ -48,6 +48,6 @@ def run(args) -> dict:
             }
         out["peak_memory_mb"] = peak_memory_mb(dev)
         tr.close()
-    out["steps_per_s"] = {s: out[s]["steps_per_s"] for s in (WARMUP, ADVERSARIAL)}
-    out["samples_per_s"] = {s: out[s]["samples_per_s"] for s in (WARMUP, ADVERSARIAL)}
+    out["steps_per_s"] = {s: out[s]["steps_per_s"] for s in (PRETRAIN, ADVERSARIAL)}
+    out["samples_per_s"] = {s: out[s]["samples_per_s"] for s in (PRETRAIN, ADVERSARIAL)}
     return out

@@ -21,7 +21,9 @@ from typing import Any, Literal, Union
 import yaml
 
 from gan.config.schema import Config, ConfigError
+from gan.log import get_logger
 
+log = get_logger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -199,11 +201,51 @@ def apply_override(data: dict, override: str) -> None:
         raise ConfigError(f"--set {dotted}: parent is not a section")
 
 
+# Keys and names an earlier version wrote (old -> new); configs and checkpoints that use them still load.
+RENAMED_KEYS = {"trainer.warmup_steps": "trainer.pretrain_steps"}
+RENAMED_DISCRIMINATORS = {"mrstft": "mrd"}
+
+
+_SAID: set[str] = set()  # notes already given in this process (a resumed run loads its config twice)
+
+
+def _said_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        log.warning(message)
+
+
+def upgrade(data: dict) -> dict:
+    """Rename in place what an earlier version called otherwise (``RENAMED_KEYS``, ``RENAMED_DISCRIMINATORS``).
+
+    Says each rename once per process on stderr. Raises ``ConfigError`` when a mapping sets
+    both the old and the new key to different values.
+    """
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.rsplit(".", 1)
+        node = data.get(section)
+        if isinstance(node, dict) and old_key in node:
+            new_key = new.rsplit(".", 1)[1]
+            value = node.pop(old_key)
+            if new_key in node and node[new_key] != value:
+                raise ConfigError(f"{old}: renamed {new}; both are set ({value!r}, {node[new_key]!r}): keep {new}")
+            node[new_key] = value
+            _said_once(f"note: config key {old} is now {new}; read as that")
+    for i, item in enumerate(data.get("discriminators") or []):
+        if isinstance(item, dict) and item.get("name") in RENAMED_DISCRIMINATORS:
+            old, item["name"] = item["name"], RENAMED_DISCRIMINATORS[item["name"]]
+            _said_once(f"note: discriminator {old!r} is now {item['name']!r} (discriminators.{i}.name); read as that")
+    return data
+
+
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    data = json.loads(json.dumps(data))  # deep copy; YAML scalars only
+    """A validated ``Config`` from a raw mapping plus ``--set`` overrides (old key names are upgraded)."""
+    data = upgrade(json.loads(json.dumps(data)))  # deep copy; YAML scalars only
     for o in overrides:
+        key, sep, value = o.partition("=")
+        o = RENAMED_KEYS.get(key.strip(), key.strip()) + sep + value
         apply_override(data, o)
-    return _build(Config, data, "")
+    return _build(Config, upgrade(data), "")
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -5,6 +5,7 @@ turns YAML and ``--set`` overrides into these classes.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -198,31 +199,42 @@ class OptimConfig:
     discriminator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(grad_clip=10.0))
 
 
+# Trackers Accelerate supports, and the package each needs (``trainer.log_with``).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "aim": "aim",
+                    "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+
+
 @dataclass
 class TrainerConfig:
-    max_steps: int
-    warmup_steps: int = 0  # generator-only (reconstruction) steps before D switches on; >= max_steps: G only
-    log_every: int = 50
-    val_every: int = 1000
-    save_every: int = 5000
-    save_every_minutes: float = 60.0
-    keep_last: int = 3
-    keep_every: int = 0  # milestone checkpoints kept forever (0 = none)
-    grad_accum: int = 1
-    mixed_precision: Literal["no", "bf16"] = "no"
-    compile: bool = False
-    ema_decay: float = 0.0  # 0 disables the EMA of G
-    max_nonfinite_skips: int = 10
+    """The training loop. Steps count optimisation steps (each ``grad_accum`` micro-batches)."""
+
+    max_steps: int  # steps in all; a resumed run may raise it
+    pretrain_steps: int = 0  # generator-only (reconstruction) steps before D switches on; >= max_steps: G only
+    log_every: int = 50  # steps between scalar logs (step 1 is always logged)
+    val_every: int = 1000  # steps between validations (and the last step)
+    save_every: int = 5000  # steps between checkpoints (and the last step)
+    save_every_minutes: float = 60.0  # wall-clock minutes between checkpoints, whatever the step
+    keep_last: int = 3  # checkpoints kept, newest first
+    keep_every: int = 0  # steps between milestone checkpoints kept forever (0 = none)
+    grad_accum: int = 1  # micro-batches per step
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 = autocast over fp32 weights
+    compile: bool = False  # torch.compile (inductor) the models
+    ema_decay: float = 0.0  # per-step decay of the EMA of G (0 disables it; inference then uses G itself)
+    max_nonfinite_skips: int = 10  # consecutive skipped steps of one network before the run stops
     # CPU only: torch intra-op threads per process; 0 = $OMP_NUM_THREADS if set, else the usable cores
     # divided by the processes on this machine (two busy processes on two cores otherwise slow 30-80x)
     threads: int = 0
-    seed: int = 0
+    seed: int = 0  # seeds Python, NumPy and torch (weights, crops, RNG states)
+    # experiment trackers (Accelerate's): scalars go to each; audio to tensorboard and wandb; images to those
+    # that take images. Each tracker's package must be installed.
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def __post_init__(self):
         if self.max_steps <= 0:
             raise ConfigError("trainer.max_steps: must be positive")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"trainer.warmup_steps: {self.warmup_steps} must be >= 0")
+        if self.pretrain_steps < 0:
+            raise ConfigError(f"trainer.pretrain_steps: {self.pretrain_steps} must be >= 0")
         for name in ("log_every", "val_every", "save_every", "grad_accum", "max_nonfinite_skips"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer.{name}: must be positive")
@@ -232,6 +244,12 @@ class TrainerConfig:
             raise ConfigError("trainer.keep_last: must be at least 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("trainer.ema_decay: must be in [0, 1)")
+        for name in self.log_with:
+            if name not in TRACKER_PACKAGES:
+                raise ConfigError(f"trainer.log_with: unknown tracker {name!r}; known: {sorted(TRACKER_PACKAGES)}")
+            if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+                raise ConfigError(f"trainer.log_with: {name} is not installed; pip install {TRACKER_PACKAGES[name]} "
+                                  "or leave it out")
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""Training: the loop (``trainer``), one GAN step (``gan_step``), backends (``backend``, ``ds``), checkpoints
+(``checkpointer``, ``checkpoint``), validation (``validator``), run logging (``runlog``) and starting a run (``run``)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # DeepSpeed's accelerator detection would warn on every CPU run
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")

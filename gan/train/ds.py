@@ -39,7 +39,10 @@ from pathlib import Path
 import torch
 
 from gan.config import Config, ConfigError
+from gan.log import get_logger
 from gan.train.checkpoint import CheckpointError
+
+log = get_logger(__name__)
 
 NETWORKS = ("generator", "discriminator")
 _SUPPORTED_STAGES = (1, 2)
@@ -119,7 +122,7 @@ def resolve_precision(cfg: Config) -> str:
         raise ConfigError(f"accelerate mixed_precision {launcher}: unsupported; use bf16 or no")
     mine = cfg.trainer.mixed_precision
     if mine == "no" and launcher == "bf16":
-        print("DeepSpeed: bf16 autocast from the accelerate config (trainer.mixed_precision was 'no')", flush=True)
+        log.info("DeepSpeed: bf16 autocast from the accelerate config (trainer.mixed_precision was 'no')")
         cfg.trainer.mixed_precision = "bf16"
     return cfg.trainer.mixed_precision
 

@@ -12,12 +12,16 @@ from pathlib import Path
 import torch
 
 from gan.config import Config, ConfigError, load_config, to_dict
+from gan.config.loader import RENAMED_KEYS
 from gan.errors import first_line
+from gan.log import get_logger
 from gan.train.checkpoint import CheckpointError
 from gan.train.trainer import Trainer
 
+log = get_logger(__name__)
 
-def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, say=print) -> None:
+
+def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) -> None:
     """Load G (and D, when its weights are there) from a run or step directory of another run.
 
     Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
@@ -43,7 +47,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path, 
             raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
                                   f"({first_line(e)[:160]})") from None
     loaded = " and ".join(name for _, name, file in sources if file.is_file())
-    say(f"initialised the {loaded} from {step}; optimizer and schedules start fresh")
+    log.info("initialised the %s from %s; optimizer and schedules start fresh", loaded, step)
 
 
 def cpu_threads(setting: int) -> int:
@@ -74,10 +78,10 @@ RESUMABLE = ("trainer.max_steps", "trainer.log_every", "trainer.val_every", "tra
              "optim.discriminator.grad_clip")
 
 
-def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
+def resume_config(checkpoint: Path, overrides: list[str]) -> Config:
     """The config a run resumes with: its own resolved ``config.yaml`` plus the mid-run ``--set`` changes.
 
-    Each change is said in one line; ``trainer.warmup_steps`` may change while the step is
+    Each change is said in one line; ``trainer.pretrain_steps`` may change while the step is
     below both values (the stage boundary has not been passed). Raises ``ConfigError``
     naming the key for any other change.
     """
@@ -89,15 +93,15 @@ def resume_config(checkpoint: Path, overrides: list[str], say=print) -> Config:
     cfg = config_from_dict(to_dict(saved), overrides)
     step = int(checkpoint.name.rsplit("_", 1)[-1]) if checkpoint.name.startswith("step_") else 0
     for o in overrides:
-        key = o.split("=", 1)[0].strip()
+        key = RENAMED_KEYS.get(o.split("=", 1)[0].strip(), o.split("=", 1)[0].strip())
         old, new = _get(saved, key), _get(cfg, key)
         if old == new:
             continue
-        stage_ok = key == "trainer.warmup_steps" and step < min(old, new)
+        stage_ok = key == "trainer.pretrain_steps" and step < min(old, new)
         if key not in RESUMABLE and not stage_ok:
             raise ConfigError(f"--set {key}: cannot change when resuming at step {step} (it would rewrite the "
                               f"run's history: {old!r} -> {new!r}); start a new --run-dir instead")
-        say(f"resume: {key} {old!r} -> {new!r}")
+        log.info("resume: %s %r -> %r", key, old, new)
     return cfg
 
 

@@ -1,47 +1,74 @@
-"""TensorBoard logging for the main process: scalars, audio and mel-spectrogram images.
+"""Run logging through Accelerate's trackers: scalars, audio and mel-spectrogram images.
+
+``trainer.log_with`` names the trackers (TensorBoard by default, under ``<run_dir>/tb``).
+Scalars go to every tracker (``Accelerator.log``); images to every tracker that takes
+images; audio to TensorBoard and Weights & Biases, the trackers with an audio type. Only
+the main process writes (Accelerate's trackers do nothing elsewhere).
 
 Tags are hierarchical and stable (``train/g/mel``, ``train/d/mpd_2``,
-``val/si_sdr_improvement``, ``audio/0/enhanced``, ``spec/0``). A logger built
-with ``enabled=False`` (every non-main process) does nothing.
+``val/si_sdr_improvement``, ``audio/0/enhanced``, ``spec/0``).
+
+    log = RunLogger(accelerator, "tb", sample_rate=48000, purge_step=None)
+    log.scalars({"train/g/mel": 1.2}, step=10)
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
 
 class RunLogger:
-    def __init__(self, log_dir: str | Path, enabled: bool = True, sample_rate: int = 48000,
-                 purge_step: int | None = None):
-        self.enabled = enabled
+    """Starts the accelerator's trackers (``init_trackers``) and writes to them.
+
+    ``purge_step``: a resumed TensorBoard run drops events at and after this step that the
+    interrupted run wrote (``SummaryWriter(purge_step=...)``).
+    """
+
+    def __init__(self, accelerator, run_name: str = "tb", sample_rate: int = 48000, purge_step: int | None = None):
+        self.accelerator = accelerator
         self.sample_rate = sample_rate
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+        self._mel = None
+        init = {"tensorboard": {"purge_step": purge_step}} if purge_step is not None else {}
+        if accelerator.log_with:
+            accelerator.init_trackers(run_name, init_kwargs=init)
 
-            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
-            self._mel = None
-
-    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
-        if not self.enabled:
-            return
-        for k, v in values.items():
-            v = float(v.detach()) if torch.is_tensor(v) else float(v)
-            self.writer.add_scalar(f"{prefix}{k}", v, step)
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """``{tag: number}`` at ``step`` to every tracker."""
+        values = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in values.items()}
+        self.accelerator.log(values, step=step)
 
     def audio(self, tag: str, wav: torch.Tensor | np.ndarray, step: int) -> None:
-        """``wav``: ``(T,)`` or ``(1, T)`` float in [-1, 1]."""
-        if not self.enabled:
-            return
-        wav = torch.as_tensor(wav, dtype=torch.float32).reshape(1, -1).clamp(-1, 1)
-        self.writer.add_audio(tag, wav, step, sample_rate=self.sample_rate)
+        """``wav``: ``(T,)`` or ``(1, T)`` float in [-1, 1] at ``sample_rate``."""
+        wav = torch.as_tensor(wav, dtype=torch.float32).reshape(-1).clamp(-1, 1).cpu()
+        for tracker in self._trackers():
+            if tracker.name == "tensorboard":
+                tracker.tracker.add_audio(tag, wav[None], step, sample_rate=self.sample_rate)
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({tag: wandb.Audio(wav.numpy(), sample_rate=self.sample_rate)}, step=step)
 
     def spectrograms(self, tag: str, wavs: dict[str, torch.Tensor], step: int) -> None:
-        """Log-mel spectrograms of several signals side by side as one image."""
-        if not self.enabled:
+        """Log-mel spectrograms of several signals side by side, as one image."""
+        trackers = [t for t in self._trackers() if hasattr(t, "log_images")]
+        if not trackers:
             return
+        image = self._render(wavs)  # (H, W, 3) uint8
+        for tracker in trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: image[None]}, step=step, dataformats="NHWC")
+            else:
+                tracker.log_images({tag: [image]}, step=step)
+
+    def flush(self) -> None:
+        for tracker in self._trackers():
+            if tracker.name == "tensorboard":
+                tracker.tracker.flush()
+
+    def _trackers(self) -> list:
+        return self.accelerator.trackers if self.accelerator.is_main_process else []
+
+    def _render(self, wavs: dict[str, torch.Tensor]) -> np.ndarray:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -56,23 +83,17 @@ class RunLogger:
             ax.set_xlabel("frame")
         axes[0][0].set_ylabel("mel bin")
         fig.tight_layout()
-        self.writer.add_figure(tag, fig, step)
+        fig.canvas.draw()
+        image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
         plt.close(fig)
+        return image
 
     def _log_mel(self, wav: torch.Tensor) -> np.ndarray:
+        """``(T,)`` -> ``(128, frames)`` power mel spectrogram in dB (n_fft 2048, hop 512)."""
         import torchaudio
 
         if self._mel is None:
-            self._mel = torchaudio.transforms.MelSpectrogram(
-                self.sample_rate, n_fft=2048, hop_length=512, n_mels=128, power=2.0
-            )
-        spec = self._mel(torch.as_tensor(wav, dtype=torch.float32).reshape(-1).cpu())  # (128, frames)
+            self._mel = torchaudio.transforms.MelSpectrogram(self.sample_rate, n_fft=2048, hop_length=512,
+                                                             n_mels=128, power=2.0)
+        spec = self._mel(torch.as_tensor(wav, dtype=torch.float32).reshape(-1).cpu())
         return (10 * torch.log10(spec.clamp_min(1e-10))).numpy()
-
-    def flush(self) -> None:
-        if self.enabled:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.writer.close()

@@ -1,4 +1,4 @@
-"""``mrstft``: DAC's multi-resolution complex-STFT discriminator (``dac.model.discriminator.MRD``).
+"""``mrd``: DAC's multi-resolution complex-STFT discriminator (``dac.model.discriminator.MRD``).
 
 Per window W (hop H = W / 4): complex STFT with a periodic Hann window, real and imag as
 two channels ``(B, 2, frames, W / 2 + 1)``, split into frequency bands (default edges
@@ -24,8 +24,8 @@ from .common import DiscriminatorFamily, reflect_pad, wn_conv
 
 
 @dataclass
-class MRSTFTConfig:
-    name: str = "mrstft"
+class MRDConfig:
+    name: str = "mrd"
     window_lengths: list[int] = field(default_factory=lambda: [2048, 1024, 512])
     hop_factor: float = 0.25
     band_edges: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
@@ -97,9 +97,9 @@ class STFTDiscriminator(nn.Module):
         return fmaps
 
 
-class MultiResolutionSTFTDiscriminator(DiscriminatorFamily):
-    """Sub-discriminators ``mrstft_<W>``, one per window length."""
+class MultiResolutionDiscriminator(DiscriminatorFamily):
+    """Sub-discriminators ``mrd_<W>``, one per window length."""
 
-    def __init__(self, cfg: MRSTFTConfig):
+    def __init__(self, cfg: MRDConfig):
         subs = [STFTDiscriminator(w, cfg.hop_factor, list(cfg.band_edges), cfg.channels) for w in cfg.window_lengths]
-        super().__init__(cfg, subs, [f"mrstft_{w}" for w in cfg.window_lengths])
+        super().__init__(cfg, subs, [f"mrd_{w}" for w in cfg.window_lengths])

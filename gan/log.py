@@ -1,0 +1,55 @@
+"""Messages of the library: one ``logging`` logger per module under ``unshift``, shown on the first process.
+
+    from gan.log import get_logger
+    log = get_logger(__name__)
+    log.info("resumed from %s at step %d", path, step)      # stdout, global rank 0 only
+    log.warning("note: %s: silent; skipped", name)           # stderr
+
+Information goes to standard output, notes and warnings to standard error, one line each, as written. The stream is looked up
+when a message is written, so redirected or captured streams receive it. Under ``accelerate launch`` or torchrun
+only global rank 0 writes (its ``RANK`` is 0), so a message is printed once however many processes there are; pass
+``extra={"all_ranks": True}`` for a message every process must print. Set ``UNSHIFT_LOG_LEVEL=WARNING`` to
+keep only warnings, or attach your own handlers to ``logging.getLogger("unshift")``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+ROOT = "unshift"
+
+
+class _FirstProcess(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return os.environ.get("RANK", "0") == "0" or getattr(record, "all_ranks", False)
+
+
+class _ConsoleHandler(logging.Handler):
+    """INFO to the current ``sys.stdout``, WARNING and above to the current ``sys.stderr``, flushed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 -- logging must never raise into the caller
+            self.handleError(record)
+
+
+def _configure() -> logging.Logger:
+    root = logging.getLogger(ROOT)
+    if not any(isinstance(h, _ConsoleHandler) for h in root.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_FirstProcess())
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("UNSHIFT_LOG_LEVEL", "INFO").upper())
+        root.propagate = False
+    return root
+
+
+def get_logger(module: str) -> logging.Logger:
+    """The logger of ``module`` (``gan.train.trainer`` -> ``unshift.train.trainer``)."""
+    _configure()
+    return logging.getLogger(f"{ROOT}.{module.removeprefix('gan.')}")

@@ -1,0 +1,110 @@
+"""When the trainer saves, what a checkpoint holds, and whether one can be resumed here.
+
+A checkpoint directory (``gan.train.checkpoint`` names, commits and prunes them) holds
+Accelerate's ``save_state`` files (weights, optimizer states, every rank's RNG states) and:
+
+    trainer_state.pt   step, stage, schedules, EMA, non-finite counters, what validation logged,
+                       the model and optimizer settings it was trained with, the code version
+    generator.pt       inference weights (the EMA when on) + step
+    config.yaml        the resolved config of the run
+
+    ckpt = Checkpointer(run_dir, cfg.trainer, backend)
+    if ckpt.due(step, stop=stop_requested): ckpt.save(step, trainer.state_dict(), generator, cfg)
+    state = ckpt.load(path, cfg)            # after checking the models and optimizers match
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from gan.config import Config, TrainerConfig, dump_config, to_dict
+from gan.config.loader import RENAMED_DISCRIMINATORS
+from gan.errors import first_line
+from gan.train.checkpoint import CheckpointError, CheckpointManager
+from gan.train.gan_step import NonFiniteError
+
+
+class Checkpointer:
+    """The save policy (every ``save_every`` steps, every ``save_every_minutes``, on a stop signal, at the end)
+    and the files of a checkpoint. Every rank calls ``due``, ``save`` and ``load``; only the main process writes.
+    """
+
+    def __init__(self, run_dir: str | Path, trainer_cfg: TrainerConfig, backend):
+        self.cfg = trainer_cfg
+        self.backend = backend
+        self.files = CheckpointManager(run_dir, trainer_cfg.keep_last, trainer_cfg.keep_every)
+        self.last_save = time.monotonic()
+
+    def due(self, step: int, stop: bool) -> tuple[bool, bool]:
+        """``(save now, stop now)`` after ``step`` steps, agreed by every rank (one all-reduce)."""
+        timed = (time.monotonic() - self.last_save) / 60 >= self.cfg.save_every_minutes
+        stop, timed = self.backend.any_true(stop, timed)
+        return step % self.cfg.save_every == 0 or timed or stop or step == self.cfg.max_steps, stop
+
+    def save(self, step: int, state: dict, generator: torch.nn.Module, discriminator: torch.nn.Module,
+             cfg: Config, ema: bool) -> Path | None:
+        """Write the checkpoint of ``step`` (every rank calls this); returns its directory on the main process.
+
+        Raises ``NonFiniteError`` (nothing written) when G or D holds a non-finite weight.
+        """
+        acc = self.backend.accelerator
+        finite = all(torch.isfinite(p).all() for m in (generator, discriminator) for p in m.parameters())
+        if not finite:
+            raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
+        tmp = self.files.begin(step) if acc.is_main_process else self.files.tmp_dir(step)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every rank's files (RNG states, shards) are in before the commit
+        final = None
+        if acc.is_main_process:
+            torch.save(state, tmp / "trainer_state.pt")
+            torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema}, tmp / "generator.pt")
+            (tmp / "config.yaml").write_text(dump_config(cfg))
+            final = self.files.commit(step)
+        acc.wait_for_everyone()
+        self.last_save = time.monotonic()
+        return final
+
+    def load(self, path: str | Path, cfg: Config) -> dict:
+        """Restore Accelerate's state from ``path``; returns the trainer state for the caller to load.
+
+        Raises ``CheckpointError`` (one line) for an unreadable file, a checkpoint of other models,
+        optimizers or backend, or weights that do not load.
+        """
+        path = Path(path)
+        try:
+            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated, foreign or corrupt files all end here
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({first_line(e)}); "
+                                  "pick an older one") from None
+        if not isinstance(state, dict) or not {"step", "model_config", "optimizers"} <= state.keys():
+            raise CheckpointError(f"checkpoint {path}: trainer_state.pt is not an unshift trainer state")
+        check_compatible(state, cfg, path)
+        self.backend.check_resume(path)
+        try:
+            self.backend.accelerator.load_state(str(path))
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path}: cannot be loaded ({first_line(e)}); pick an older one") from None
+        return state
+
+
+def model_config(cfg: Config) -> dict:
+    """The settings a checkpoint's weights and optimizer states depend on."""
+    return {"generator": to_dict(cfg.generator), "discriminators": to_dict(cfg.discriminators)}
+
+
+def check_compatible(state: dict, cfg: Config, path: Path) -> None:
+    """Refuse (``CheckpointError``) a trainer state whose models or optimizers differ from ``cfg``'s."""
+    saved = dict(state["model_config"])
+    saved["discriminators"] = [{**d, "name": RENAMED_DISCRIMINATORS.get(d["name"], d["name"])}
+                               for d in saved["discriminators"]]  # names of an earlier version
+    for section, value in model_config(cfg).items():
+        if saved[section] != value:
+            raise CheckpointError(f"checkpoint {path}: was trained with a different {section} config; "
+                                  "resume with the model settings of that run or start a new --run-dir")
+    names = [cfg.optim.generator.name, cfg.optim.discriminator.name]
+    if state["optimizers"] != names:
+        raise CheckpointError(f"checkpoint {path}: optimizers {state['optimizers']} differ from the config's "
+                              f"{names}; keep optim.*.name as in that run or start a new --run-dir")
