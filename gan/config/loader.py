@@ -249,6 +249,12 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A run config from YAML: a bare name is looked up in ``configs/``, a path is used as given.
+
+    ``overrides``: ``"a.b.c=value"`` strings (value parsed as YAML), validated like the file.
+    Raises ``ConfigError`` (one line naming the dotted key) for a missing file, invalid YAML,
+    an unknown key, a wrong type or a broken cross-field rule.
+    """
     path = resolve_config_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}

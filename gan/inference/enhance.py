@@ -42,7 +42,17 @@ from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
 
 class Enhancer:
-    """Runs a generator over audio of any length, rate and channel count in overlapping windows."""
+    """Runs a generator over audio of any length, rate and channel count in overlapping windows.
+
+    Args:
+        loaded: from ``load_generator``.
+        chunk_seconds: model-rate seconds kept per window (> 0; ``ValueError`` otherwise).
+        context_seconds: context each side of a window; default the generator's exact receptive
+            reach, which makes the chunked output equal the whole-file output.
+        batch_size: windows of equal length run together.
+        device: default CUDA when available.
+        shifter: the shifter ``shift`` uses; default the main shifter of the training recipe.
+    """
 
     def __init__(self, loaded: LoadedGenerator, chunk_seconds: float = 5.0, context_seconds: float | None = None,
                  batch_size: int = 4, device: str | torch.device | None = None, shifter: str | None = None):

@@ -49,7 +49,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
-    """Rebuild the generator from the checkpoint's ``config.yaml`` and load ``generator.pt``."""
+    """Rebuild the generator from the checkpoint's ``config.yaml`` and load ``generator.pt`` (eval mode, no grad).
+
+    ``path``: a run directory (follows ``checkpoints/latest``), a step directory or its
+    ``generator.pt``. Keys saved from a compiled or DDP-wrapped model (``_orig_mod.``,
+    ``module.``) are accepted. The model maps ``(B, 1, T)`` to ``(B, 1, T)`` at 48 kHz.
+    Raises ``CheckpointError`` (one line) for a missing, incomplete or unreadable checkpoint or
+    weights that do not fit the config: the first missing and unexpected keys, counted.
+    """
     import yaml
 
     from generators import build_generator
