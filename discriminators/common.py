@@ -11,14 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from generators.layers import from_dac_state_dict, weight_normed
+from torch.nn.utils.parametrizations import weight_norm
 
 Output = list[tuple[torch.Tensor, list[torch.Tensor]]]
 
 
 def wn_conv(conv: nn.Module, act: bool = True) -> nn.Module:
     """Weight-normed ``conv``, followed by LeakyReLU(0.1) when ``act`` (DAC's discriminator layer)."""
-    conv = weight_normed(conv)
+    conv = weight_norm(conv)
     return nn.Sequential(conv, nn.LeakyReLU(0.1)) if act else conv
 
 
@@ -84,4 +84,4 @@ class DiscriminatorFamily(nn.Module):
         if len(dac_subs) != len(self.subs):
             raise ValueError(f"{type(self).__name__}: {len(self.subs)} sub-discriminators, got {len(dac_subs)} DAC ones")
         for sub, ref in zip(self.subs, dac_subs):
-            sub.load_state_dict(from_dac_state_dict(ref.state_dict()))
+            sub.load_state_dict(ref.state_dict())  # torch maps DAC's weight_g / weight_v keys itself
