@@ -303,7 +303,7 @@ class Muon(torch.optim.Optimizer):
                     continue
                 mats = []
                 for i in own:
-                    u, (gi, p) = updates[i], plan.params[i]
+                    u, (_, p) = updates[i], plan.params[i]
                     if u is None:
                         u = torch.zeros_like(p)
                     u = u.reshape(b.n, b.m).mT if plan.flipped[i] else u.reshape(b.m, b.n)
