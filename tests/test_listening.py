@@ -274,7 +274,7 @@ def check_blind_page(page, players):
 
 
 def test_blind_ab_test_round_trip(tmp_path, browser, registry, capsys):  # noqa: F811
-    """--compare on pairs degraded elsewhere: choose B's output in 2 examples, A's in 1, no difference in 1."""
+    """--compare on pairs degraded elsewhere, MP3 players: choose B's output twice, A's once, no difference once."""
     write_checkpoint(tmp_path / "a", {"name": "toy"}, seed=0)
     write_checkpoint(tmp_path / "b", {"name": "toy"}, seed=1)
     clean = make_folder(tmp_path / "clean", files=4)
@@ -285,7 +285,8 @@ def test_blind_ab_test_round_trip(tmp_path, browser, registry, capsys):  # noqa:
     out = tmp_path / "blind"
     assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(clean),
                           "--degraded-dir", str(tmp_path / "deg"), "--metrics", "lsd", "--html", str(out), "--blind",
-                          "--blind-seed", "3", "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+                          "--blind-seed", "3", "--html-audio", "mp3", "--json", str(tmp_path / "e.json"),
+                          "--quiet"]) == 0
     order = {int(k): v for k, v in json.loads((tmp_path / "e.json").read_text())["listening"]["order"].items()}
     assert sorted(order) == [1, 2, 3, 4] and set(order.values()) == {"xy", "yx"}  # seed 3 draws both orders
     check_blind_page(out / "index.html", players=12)
@@ -308,7 +309,12 @@ def test_blind_ab_test_round_trip(tmp_path, browser, registry, capsys):  # noqa:
 
 
 def test_blind_test_of_a_cache_split(tmp_path, browser, registry, capsys):  # noqa: F811
-    """One checkpoint on a cache's val split, MP3 players: degraded (X) vs enhanced (Y); every answer picks Y."""
+    """One checkpoint on a cache's val split: degraded (X) vs enhanced (Y); every answer picks Y.
+
+    The files behind "A" and "B" follow the stored order: the degraded input is the one that correlates with it.
+    """
+    from gan.eval.evaluation import cache_examples
+
     from gan.config import DataConfig, DegradeConfig
     from gan.data.preprocess import build_cache
 
@@ -318,11 +324,18 @@ def test_blind_test_of_a_cache_split(tmp_path, browser, registry, capsys):  # no
     val = build_cache(cfg, progress=False, num_workers=0)["splits"]["val"]["items"]
     out = tmp_path / "blind"
     assert evaluate.main(["--checkpoint", str(tmp_path / "a"), "--data", str(tmp_path / "cache"), "--metrics", "lsd",
-                          "--html", str(out), "--blind", "--blind-seed", "0", "--html-audio", "mp3",
-                          "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+                          "--html", str(out), "--blind", "--blind-seed", "0", "--json", str(tmp_path / "e.json"),
+                          "--quiet"]) == 0
     n = 2 * len(val)
     order = {int(k): v for k, v in json.loads((tmp_path / "e.json").read_text())["listening"]["order"].items()}
-    assert len(order) == n
+    assert len(order) == n and set(order.values()) == {"xy", "yx"}
+    for k, ex in enumerate(cache_examples(tmp_path / "cache", "val", None), 1):
+        corr = {}
+        for tag in "ab":
+            played = sf.read(out / "audio" / f"{k:04d}_{tag}.ogg")[0]
+            corr[tag] = abs(played @ ex.degraded) / (np.linalg.norm(played) * np.linalg.norm(ex.degraded))
+        degraded_tag = "a" if order[k] == "xy" else "b"
+        assert corr[degraded_tag] > 0.99 and corr[degraded_tag] > corr["b" if degraded_tag == "a" else "a"] + 0.1, corr
     check_blind_page(out / "index.html", players=3 * n)
     open_page(browser, out / "index.html")
     check_media(browser, players=3 * n, images=0)
