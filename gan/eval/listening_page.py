@@ -172,7 +172,8 @@ def _metrics(e: dict, report: dict) -> str:
     for m in report["metrics"]:
         imps = [r[f"{m}_improvement"] for r in e["rows"]]
         marks = ["better" if i > 0 else "worse" if i < 0 else "" for i in imps]
-        rows.append([f"{m} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)", _num(e["rows"][0][f"{m}_degraded"]),
+        direction = "higher" if HIGHER_IS_BETTER[m] else "lower"
+        rows.append([f"{m} ({direction} is better)", _num(e["rows"][0][f"{m}_degraded"]),
                      *(_num(r[f"{m}_enhanced"]) for r in e["rows"]),
                      *(f"{_num(i, '+.4g')} {'▲ better' if k == 'better' else '▼ worse' if k == 'worse' else ''}"
                        for i, k in zip(imps, marks))])
