@@ -5,11 +5,16 @@ r"""Score a checkpoint (or compare two) on clean recordings degraded like the tr
     python launch/evaluate.py --compare runs/a runs/b --data DIR --json cmp.json --plot cmp.png
     python launch/evaluate.py --checkpoint runs/cpu --data data/heldout --shift 12 -12 5 -3 0 \
         --shifters torchaudio,wsola,librosa --plot matrix.png   # shifter x metric matrix on unseen recordings
+    python launch/evaluate.py --checkpoint runs/demo --data data/heldout --html listen/          # listening report
+    python launch/evaluate.py --compare runs/a runs/b --data data/heldout --html ab/ --blind     # blind A/B test
+    python launch/evaluate.py --listening-results alice.json bob.json                           # unblinded table
 
 For every example: metrics of the degraded input and of the enhanced output against the
 clean reference, and the improvement (positive = better). Prints a summary table (mean,
 std, median, min, max) and writes JSON / CSV. ``--compare`` adds a paired t-test,
-Wilcoxon test and 95% CI of the mean difference (B - A) per metric.
+Wilcoxon test and 95% CI of the mean difference (B - A) per metric. ``--html DIR`` writes a
+listening report (loudness-matched players, mel spectrograms, metrics); ``--blind`` makes it a
+blind test whose answers files ``--listening-results`` unblinds into a preference table.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--checkpoint", help="run directory, step directory or generator.pt")
     who.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"), help="score two checkpoints, paired")
-    p.add_argument("--data", required=True, help="folder of clean recordings, or a preprocessing cache")
+    who.add_argument("--listening-results", nargs="+", metavar="FILE",
+                     help="answers files of a blind report: print the unblinded preference table (nothing scored)")
+    p.add_argument("--data", help="folder of clean recordings, or a preprocessing cache (required to score)")
     p.add_argument("--degraded-dir", help="folder of the same file names degraded elsewhere (no on-the-fly round trip)")
     p.add_argument("--shift", type=int, nargs="+",
                    help="shifts to evaluate (default: the training config's; with --shifters: 12 -12; 0 = clean input)")
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--csv", help="write per-example rows here (and <name>_summary.csv beside it)")
     p.add_argument("--plot", help="PNG of per-example improvements (with --shifters: the matrix as a heat map)")
+    p.add_argument("--html", metavar="DIR", help="write a listening report here: index.html, audio/, spec/")
+    p.add_argument("--blind", action="store_true", help="with --html: a blind A/B test page instead")
+    p.add_argument("--blind-seed", type=int, help="seed of the blind order (default: random, printed)")
+    p.add_argument("--html-audio", default="ogg", choices=("ogg", "mp3"), help="audio files of the report")
     p.add_argument("--level-checks", action="store_true",
                    help="also print what the model does to digital silence, a -80 dBFS noise floor and a "
                         "+4 dBFS float input (dB)")
@@ -48,18 +59,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.listening_results:
+        from gan.eval.listening_results import format_preferences, preference_table
+        from gan.eval.report import write_outputs
+
+        table = preference_table(args.listening_results)
+        print(format_preferences(table))
+        write_outputs({"listening_results": table}, args.json)
+        return 0
+    if args.data is None:
+        parser.error("--data is required with --checkpoint / --compare")
+    if args.blind and not args.html:
+        parser.error("--blind needs --html DIR")
 
     from gan.errors import UnshiftError
     from gan.eval.evaluation import evaluate
+    from gan.eval.listening import ListeningReport
     from gan.eval.report import format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
+    writer = (ListeningReport(args.html, blind=args.blind, seed=args.blind_seed, audio_format=args.html_audio)
+              if args.html else None)
     try:
         report = evaluate(args.compare or [args.checkpoint], args.data, shifts=args.shift,
                           degraded_dir=args.degraded_dir, split=args.split,
                           metrics=args.metrics.split(",") if args.metrics else None, max_seconds=args.max_seconds,
                           chunk_seconds=args.chunk_seconds, device=args.device, progress=not args.quiet,
-                          shifters=args.shifters.split(",") if args.shifters else None)
+                          shifters=args.shifters.split(",") if args.shifters else None,
+                          on_example=writer.add if writer else None)
     except ValueError as e:  # bad option values (an unknown metric, --chunk-seconds 0)
         if isinstance(e, UnshiftError):
             raise
@@ -78,6 +106,10 @@ def _main(argv=None) -> int:
             print(f"level checks {label}: digital silence -> {checks['silence_out_dbfs']:.1f} dBFS RMS; "
                   f"-80 dBFS noise -> {checks['noise_floor_out_dbfs']:.1f} dBFS RMS; +4 dBFS peak "
                   f"({checks['hot_source']}) -> {checks['hot_peak_change_db']:+.2f} dB")
+    if writer:
+        page = writer.finish(report)
+        print(f"listening report: {page}" + (f" (blind order seed {writer.seed}, report id "
+                                             f"{report['listening']['report_id']})" if args.blind else ""))
     write_outputs(report, args.json, args.csv)
     if args.plot:
         (plot_matrix if "matrix" in report else plot_improvements)(report, args.plot)

@@ -176,13 +176,17 @@ def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, deg
 def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] | None = None,
              degraded_dir: str | Path | None = None, split: str = "val", metrics: list[str] | None = None,
              max_seconds: float | None = None, chunk_seconds: float = 5.0, device: str | None = None,
-             progress: bool = True, shifters: list[str] | None = None) -> dict:
+             progress: bool = True, shifters: list[str] | None = None, on_example=None) -> dict:
     """Score every example's degraded input and each checkpoint's output against the clean reference.
 
     ``shifters``: degrade the clean folder ``data`` on the fly with these shifters and
     ``shifts`` (default ±12) instead of the checkpoint's own recipe; the report then has a
     ``matrix`` (see ``shifter_matrix``). Returns a dict: ``rows`` (one per example and
     checkpoint), ``summary`` per checkpoint, ``compare`` with two checkpoints.
+    ``on_example(k, example, outputs, rows)``, when given, is called after each example is
+    scored, with its number ``k`` (from 1), the ``Example``, each checkpoint's output by label
+    (``(T,)`` float32, 48 kHz) and its rows; nothing of the audio is kept here
+    (``gan.eval.listening.ListeningReport.add`` writes it out).
     Raises ``AudioError`` for data that gives no examples.
     """
     from gan.inference import Enhancer, load_generator
@@ -200,8 +204,10 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
                   flush=True)
         name = f"{ex.file} {ex.shifter} {ex.shift}"
         deg = suite.score(ex.clean, ex.degraded, name)
+        outputs = {}
         for label, enh in zip(labels, enhancers):
             est = enh.enhance(ex.degraded[None], RATE, name=name)[0]
+            outputs[label] = est.numpy()
             sc = suite.score(ex.clean, est, name)
             row = {"file": ex.file, "shifter": ex.shifter, "shift": ex.shift, "checkpoint": label,
                    "seconds": len(ex.clean) / RATE}
@@ -209,6 +215,8 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
                 row.update({f"{m}_degraded": deg[m], f"{m}_enhanced": sc[m],
                             f"{m}_improvement": improvement(m, deg[m], sc[m])})
             rows.append(row)
+        if on_example is not None:
+            on_example(k, ex, outputs, rows[-len(labels):])
     if not rows:
         raise AudioError(f"--data {data}: no examples to evaluate")
     verdicts = {lab: {m: verdict([r[f"{m}_degraded"] for r in rows if r["checkpoint"] == lab],

@@ -1,0 +1,348 @@
+"""Listening report: loudness matching and the sign-test table by hand; the pages in headless Chromium.
+
+The browser tests need Debian's ``chromium`` and ``chromium-driver`` and the ``selenium``
+package (``make test`` installs them when it can) and skip with one line otherwise. They
+render reports of tiny checkpoints, load every player and image, click through the blind
+test, save the answers through the page's download link and unblind them with
+``launch/evaluate.py --listening-results``. ``UNSHIFT_SCREENSHOT=PATH`` keeps a screenshot
+of the report page there.
+"""
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import ROOT
+from gan.eval.listening import PEAK_CEILING_DB, integrated_loudness, match_loudness, peak_db
+from gan.eval.listening_results import (ListeningResultsError, blind_key, format_preferences, preference_table,
+                                        read_answers)
+from test_inference import registry, write_checkpoint  # noqa: F401  (fixture)
+from test_metrics import make_folder, tone_folder
+
+sys.path.insert(0, str(ROOT / "launch"))
+import evaluate  # noqa: E402
+
+
+def sine(db_peak: float, seconds: float = 2.0, hz: float = 997.0) -> np.ndarray:
+    t = np.arange(int(48000 * seconds)) / 48000
+    return (10 ** (db_peak / 20) * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_loudness_of_a_sine_is_the_bs1770_reference():
+    # BS.1770: a 0 dBFS 997 Hz sine in one channel reads -3.01 LKFS, so -20 dBFS reads -23.01; torchaudio's
+    # K-weighting gives -23.05, inside EBU Tech 3341's +-0.1 LU
+    assert integrated_loudness(sine(-20.0)) == pytest.approx(-23.01, abs=0.1)
+    assert integrated_loudness(sine(-20.0, seconds=0.2)) == pytest.approx(integrated_loudness(sine(-20.0)), abs=0.01)
+    assert math.isnan(integrated_loudness(np.zeros(48000))) and math.isnan(integrated_loudness(np.zeros(0)))
+
+
+def test_match_loudness_equalises_and_lowers_the_target_instead_of_clipping():
+    noise = (np.random.default_rng(0).standard_normal(96000) * 0.05).astype(np.float32)
+    m = match_loudness({"a": noise, "b": 0.5 * noise})
+    assert m.target == -23.0 and not m.lowered
+    assert m.gain_db["b"] - m.gain_db["a"] == pytest.approx(20 * math.log10(2), abs=1e-3)
+    for k, x in {"a": noise, "b": 0.5 * noise}.items():
+        assert integrated_loudness(x * 10 ** (m.gain_db[k] / 20)) == pytest.approx(-23.0, abs=0.01)
+
+    click = 0.01 * noise
+    click[1000] = 1.0  # peak 0 dBFS over noise near -60 LUFS: at -23 LUFS it would peak far above full scale
+    versions = {"a": noise, "click": click, "silence": np.zeros(96000, np.float32)}
+    m = match_loudness(versions)
+    lufs_click = integrated_loudness(click)
+    assert m.lowered and m.target == pytest.approx(PEAK_CEILING_DB - (0.0 - lufs_click), abs=1e-9)
+    assert peak_db(click * 10 ** (m.gain_db["click"] / 20)) == pytest.approx(PEAK_CEILING_DB, abs=1e-4)
+    assert integrated_loudness(noise * 10 ** (m.gain_db["a"] / 20)) == pytest.approx(m.target, abs=0.01)
+    assert m.gain_db["silence"] == 0.0 and all(peak_db(x * 10 ** (m.gain_db[k] / 20)) <= PEAK_CEILING_DB + 1e-6
+                                               for k, x in versions.items())
+
+
+def answers_file(path, choices, report_id="0123456789ab", x="degraded", y="enhanced A: runs/x (step 7)", first=1):
+    """An answers file as the blind page saves it; ``choices`` are "x" / "y" / "none" / None, in alternating orders."""
+    answers = []
+    for i, c in enumerate(choices, first):
+        order = "xy" if i % 2 else "yx"
+        letter = {"x": "A" if order == "xy" else "B", "y": "B" if order == "xy" else "A", "none": "none"}.get(c)
+        answers.append({"example": i, "name": f"f{i}.wav", "key": blind_key(report_id, i, order), "answer": letter})
+    doc = {"format": "unshift-listening-answers", "version": 1, "report_id": report_id, "x": x, "y": y,
+           "listener": "", "saved": "2025-01-01T00:00:00Z", "answers": answers}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_sign_test_table_by_hand(tmp_path):
+    # 8 prefer Y, 1 prefers X, 1 no difference, 1 unanswered: two-sided sign test on 9 decided answers,
+    # P(k >= 8 or k <= 1 | n = 9, p = 1/2) = 2 * (9 + 1) / 2^9 = 0.0390625
+    a = answers_file(tmp_path / "a.json", ["y", "y", "x", "y", "none", "y"])
+    b = answers_file(tmp_path / "b.json", ["y", "y", "y", None, "y"], first=7)
+    (row,) = preference_table([a, b])
+    assert (row["n"], row["prefers_x"], row["prefers_y"], row["no_difference"]) == (10, 1, 8, 1)
+    assert row["p"] == pytest.approx(20 / 512, abs=1e-12) and row["preferred"] == "y" and row["files"] == 2
+    text = format_preferences([row])
+    assert "   10           1           8               1       0.03906" in text
+    assert ("verdict: listeners prefer Y (enhanced A: runs/x (step 7)) over X (degraded) (8 of 9 decided answers, "
+            "two-sided sign test p = 0.03906 < 0.05)") in text
+    # 3 against 3: p = 1; no decided answers: p NaN
+    (row,) = preference_table([answers_file(tmp_path / "c.json", ["x", "y"] * 3)])
+    assert row["p"] == 1.0 and row["preferred"] == "neither"
+    assert "no significant preference" in format_preferences([row])
+    (row,) = preference_table([answers_file(tmp_path / "d.json", ["none", "none"])])
+    assert math.isnan(row["p"]) and "no decided answers (2 of 2" in format_preferences([row])
+
+
+def test_foreign_or_edited_answers_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    edited = answers_file(tmp_path / "edited.json", ["x", "y"])
+    doc = json.loads(edited.read_text())
+    doc["answers"][0]["key"] = blind_key("0123456789ab", 2, "xy")  # another example's key
+    edited.write_text(json.dumps(doc))
+    for name, words in (("bad.json", "not JSON"), ("other.json", "not a listening-test answers file"),
+                        ("edited.json", "example 1: its key does not belong to report"),
+                        ("missing.json", "cannot be read")):
+        assert evaluate.main(["--listening-results", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: answers ") and words in err and err.count("\n") == 1, err
+    with pytest.raises(ListeningResultsError, match="answer 'C'"):
+        doc["answers"][0].update(answer="C", key=blind_key("0123456789ab", 1, "xy"))
+        edited.write_text(json.dumps(doc))
+        read_answers(edited)
+
+
+def test_report_folder_holding_other_files_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none"), "--data", str(tmp_path), "--html",
+                          str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --html {tmp_path / 'mine'}: holds other files (notes.txt); give a new or empty folder, " \
+                  "or an earlier report to replace\n"
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", "x", "--data", str(tmp_path), "--blind"])
+    assert "--blind needs --html DIR" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium through selenium, downloads allowed into a folder of its own."""
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium not installed (pip install -e '.[dev]')")
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio",
+                "--window-size=1280,900"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.set_script_timeout(60)
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+LOAD_AUDIO = """const done = arguments[arguments.length - 1];
+Promise.all([...document.querySelectorAll('audio')].map(a => new Promise(resolve => {
+  const report = () => resolve({src: a.getAttribute('src'), ready: a.readyState, duration: a.duration,
+                                error: a.error ? a.error.code : null});
+  a.addEventListener('loadedmetadata', report, {once: true});
+  a.addEventListener('error', report, {once: true});
+  a.preload = 'metadata';
+  a.load();
+}))).then(done);"""
+DECODE_IMAGES = """const done = arguments[arguments.length - 1];
+(async () => {
+  const out = [];
+  for (const img of document.querySelectorAll('img')) {
+    img.scrollIntoView();
+    try { await img.decode(); } catch (e) {}
+    out.push({src: img.getAttribute('src'), width: img.naturalWidth, lazy: img.loading});
+  }
+  window.scrollTo(0, 0);
+  return out;
+})().then(done);"""
+
+
+def open_page(driver, page):
+    driver.get(page.resolve().as_uri())
+    assert driver.title.startswith("unshift")
+
+
+def check_media(driver, players: int, images: int):
+    audio = driver.execute_async_script(LOAD_AUDIO)
+    assert len(audio) == players
+    for a in audio:
+        assert a["error"] is None and a["ready"] >= 1 and a["duration"] > 0, a
+    imgs = driver.execute_async_script(DECODE_IMAGES)
+    assert len(imgs) == images and all(i["width"] > 0 and i["lazy"] == "lazy" for i in imgs), imgs
+
+
+def check_static(page, players: int):
+    text = page.read_text()
+    assert text.count('preload="none"') == players and "base64" not in text and "http" not in text
+    assert len(text) < 40_000 * max(1, players // 8)  # audio and images are files beside it
+
+
+def screenshot(driver, path):
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 5000), "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+IDENTITY = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4], "residual": True,
+            "output_activation": "none"}  # untrained with a zero last layer: the identity
+
+
+def test_report_plays_every_version_shows_every_spectrogram(tmp_path, browser, registry):  # noqa: F811
+    """A: the identity (its output is audio), B: a random toy net (its output is nearly DC)."""
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    write_checkpoint(tmp_path / "b", {"name": "toy"}, seed=1)
+    data = tone_folder(tmp_path / "clean", files=2)
+    out = tmp_path / "report"
+    assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(data),
+                          "--shifters", "torchaudio,wsola", "--shift", "12", "0", "--metrics", "lsd,mel",
+                          "--html", str(out), "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    n = len(report["rows"]) // 2  # examples: 2 files x (2 shifters at +12, and 0 once)
+    assert n == 6 and report["listening"]["examples"] == n and len(list((out / "audio").iterdir())) == 4 * n
+    check_static(out / "index.html", players=4 * n)
+    open_page(browser, out / "index.html")
+    check_media(browser, players=4 * n, images=n)
+    body = browser.find_element("tag name", "body").text
+    assert "-23 LUFS (ITU-R BS.1770)" in body
+    stated = [float(v) for v in re.findall(r"Every version plays at (-?[\d.]+) LUFS", body)]
+    assert len(stated) == n and "lowered from -23 LUFS so that no version's peak exceeds -1 dBFS" in body
+    for k, target in enumerate(stated, 1):  # the files as played: one loudness, no peak above full scale
+        played = {v: sf.read(out / "audio" / f"{k:04d}_{v}.ogg")[0]
+                  for v in ("clean", "degraded", "enhanced_A", "enhanced_B")}
+        assert [integrated_loudness(played[v]) for v in ("clean", "degraded", "enhanced_A")] == pytest.approx(
+            [target] * 3, abs=0.3)  # B's near-DC output is dominated by codec noise once decoded
+        assert max(peak_db(x) for x in played.values()) < 0.0
+    assert "shifter × metric matrix, checkpoint A" in body and "wsola*" in body
+    assert "paired comparison of the enhanced scores, B - A" in body and "▼ worse" in body
+    for r in report["rows"]:  # every example's metrics are on the page as scored
+        assert f"{r['lsd_enhanced']:.4g}" in body
+    screenshot(browser, Path(os.environ.get("UNSHIFT_SCREENSHOT") or tmp_path / "report.png"))
+
+
+def click_through(driver, page, pick) -> dict:
+    """Answer every example of a blind page with ``pick(example) -> "A" | "B" | "none"``; return the saved JSON."""
+    open_page(driver, page)
+    data = json.loads(driver.find_element("id", "blind-data").get_attribute("textContent"))
+    for e in data["examples"]:
+        driver.find_element("css selector", f'input[name="q{e["example"]}"][value="{pick(e["example"])}"]').click()
+    assert driver.find_element("id", "progress").text == f"{len(data['examples'])} of {len(data['examples'])} answered"
+    driver.find_element("id", "listener").send_keys("test listener")
+    for f in driver.downloads.iterdir():
+        f.unlink()
+    driver.find_element("id", "save").click()
+    target = driver.downloads / f"listening-{data['report_id']}.json"
+    deadline = time.monotonic() + 20
+    while not target.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return target
+
+
+def check_blind_page(page, players):
+    """Nothing on a blind page tells which version is which: neutral file names, no order."""
+    text = page.read_text()
+    srcs = re.findall(r'src="([^"]+)"', text)
+    assert len(srcs) == players and all(re.fullmatch(r"audio/\d{4}_(ref|a|b)\.(ogg|mp3)", s) for s in srcs), srcs
+    assert not any(w in text for w in ('"order"', '"xy"', '"yx"', "seed"))
+    check_static(page, players)
+
+
+def test_blind_ab_test_round_trip(tmp_path, browser, registry, capsys):  # noqa: F811
+    """--compare on pairs degraded elsewhere, MP3 players: choose B's output twice, A's once, no difference once."""
+    write_checkpoint(tmp_path / "a", {"name": "toy"}, seed=0)
+    write_checkpoint(tmp_path / "b", {"name": "toy"}, seed=1)
+    clean = make_folder(tmp_path / "clean", files=4)
+    (tmp_path / "deg").mkdir()
+    for f in clean.iterdir():
+        x, sr = sf.read(f)
+        sf.write(tmp_path / "deg" / f.name, 0.5 * x + 0.01 * np.sin(np.arange(len(x)) * 0.3), sr, subtype="FLOAT")
+    out = tmp_path / "blind"
+    assert evaluate.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(clean),
+                          "--degraded-dir", str(tmp_path / "deg"), "--metrics", "lsd", "--html", str(out), "--blind",
+                          "--blind-seed", "3", "--html-audio", "mp3", "--json", str(tmp_path / "e.json"),
+                          "--quiet"]) == 0
+    order = {int(k): v for k, v in json.loads((tmp_path / "e.json").read_text())["listening"]["order"].items()}
+    assert sorted(order) == [1, 2, 3, 4] and set(order.values()) == {"xy", "yx"}  # seed 3 draws both orders
+    check_blind_page(out / "index.html", players=12)
+    want = {1: "y", 2: "x", 3: "none", 4: "y"}  # y = checkpoint B
+    letter = {k: "none" if c == "none" else "A" if (c == "x") == (order[k] == "xy") else "B" for k, c in want.items()}
+    open_page(browser, out / "index.html")
+    check_media(browser, players=12, images=0)
+    saved = click_through(browser, out / "index.html", letter.get)
+    doc = json.loads(saved.read_text())
+    assert doc["listener"] == "test listener" and [a["answer"] for a in doc["answers"]] == [letter[k] for k in order]
+    capsys.readouterr()
+    assert evaluate.main(["--listening-results", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    assert printed.startswith(f"X = enhanced A: {tmp_path / 'a'}")
+    (row,) = preference_table([saved])
+    assert (row["n"], row["prefers_x"], row["prefers_y"], row["no_difference"]) == (4, 1, 2, 1)
+    assert row["p"] == 1.0  # 2 of 3 decided: P = 1 two-sided
+    assert f"{4:>5}{1:>12}{2:>12}{1:>16}{'1':>14}" in printed and "no significant preference" in printed
+
+
+def test_blind_test_of_a_cache_split(tmp_path, browser, registry, capsys):  # noqa: F811
+    """One checkpoint on a cache's val split: degraded (X) vs enhanced (Y); every answer picks Y.
+
+    The files behind "A" and "B" follow the stored order: the degraded input is the one that correlates with it.
+    """
+    from gan.eval.evaluation import cache_examples
+
+    from gan.config import DataConfig, DegradeConfig
+    from gan.data.preprocess import build_cache
+
+    write_checkpoint(tmp_path / "a", {"name": "toy"})
+    cfg = DataConfig(audio_dir=str(make_folder(tmp_path / "clean", seconds=0.6, files=4)),
+                     cache_dir=str(tmp_path / "cache"), val_fraction=0.5, degrade=DegradeConfig(shifts=[12, -12]))
+    val = build_cache(cfg, progress=False, num_workers=0)["splits"]["val"]["items"]
+    out = tmp_path / "blind"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "a"), "--data", str(tmp_path / "cache"), "--metrics", "lsd",
+                          "--html", str(out), "--blind", "--blind-seed", "0", "--json", str(tmp_path / "e.json"),
+                          "--quiet"]) == 0
+    n = 2 * len(val)
+    order = {int(k): v for k, v in json.loads((tmp_path / "e.json").read_text())["listening"]["order"].items()}
+    assert len(order) == n and set(order.values()) == {"xy", "yx"}
+    for k, ex in enumerate(cache_examples(tmp_path / "cache", "val", None), 1):
+        corr = {}
+        for tag in "ab":
+            played = sf.read(out / "audio" / f"{k:04d}_{tag}.ogg")[0]
+            corr[tag] = abs(played @ ex.degraded) / (np.linalg.norm(played) * np.linalg.norm(ex.degraded))
+        degraded_tag = "a" if order[k] == "xy" else "b"
+        assert corr[degraded_tag] > 0.99 and corr[degraded_tag] > corr["b" if degraded_tag == "a" else "a"] + 0.1, corr
+    check_blind_page(out / "index.html", players=3 * n)
+    open_page(browser, out / "index.html")
+    check_media(browser, players=3 * n, images=0)
+    saved = click_through(browser, out / "index.html", lambda k: "B" if order[k] == "xy" else "A")
+    (row,) = preference_table([saved])
+    assert (row["x"], row["y"]) == ("degraded", f"enhanced A: {tmp_path / 'a'}/checkpoints/step_000000007/"
+                                                 "generator.pt (step 7)")
+    assert (row["n"], row["prefers_x"], row["prefers_y"], row["no_difference"]) == (n, 0, n, 0)
+    assert row["p"] == pytest.approx(2 * 0.5 ** n)
