@@ -89,7 +89,7 @@ def note(path, header: int, decoded: int) -> str:
     return f"note: {path}: header says {header} frames, decoded {decoded}; using {decoded}"
 
 
-def test_the_made_files_are_the_reported_ones(mp3s):
+def test_libsndfile_misreads_the_made_files(mp3s):
     root, n = mp3s
     assert sf.info(root / "noxing.mp3").frames < n["noxing.mp3"] / 2  # libsndfile: 2.2 s of a 6-s file
     with sf.SoundFile(root / "noxing.mp3") as f:
