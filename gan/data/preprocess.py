@@ -21,15 +21,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from gan.config import ConfigError, DataConfig, config_hash
 from gan.data.cache import FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash
 from gan.data.recipe import (MAX_PEAK, bandlimit, degrade_piece, mono_model_rate, num_variants, piece_bounds,
                              piece_shifts, split_of, unit_hash)
-from gan.dsp.audio import AudioError, find_audio_files, read_audio
+from gan.dsp.audio import AudioError, audio_info, find_audio_files, read_audio
 from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, sinc_kernel_size
-from gan.errors import first_line
 
 
 def cache_status(cfg: DataConfig) -> str:
@@ -126,15 +124,17 @@ def _remove_dead_partials(path: Path) -> None:
 
 
 def _plan(cfg: DataConfig, files: list[Path], root: Path, warn) -> tuple[list[tuple], list[dict]]:
-    """Per file: check it, choose its split, cut it into pieces -> (tasks, skipped)."""
+    """Per file: decode it to its end (its length is what decodes, never its header's count; a
+    difference is a note through ``warn``), check it, choose its split, cut it into pieces
+    -> (tasks, skipped)."""
     tasks, skipped = [], []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            info = sf.info(str(path))
-            frames, rate = int(info.frames), int(info.samplerate)
-        except Exception as e:  # soundfile raises several types for bad files
-            reason = f"unreadable ({first_line(e)})"
+            info = audio_info(path, note=warn)  # decoded to its end: the pieces cover what the file holds
+            frames, rate = info.frames, info.samplerate
+        except AudioError as e:
+            reason = f"unreadable ({e.detail})"
             frames, rate = 0, 0
         else:
             reason = _plan_reason(frames, rate, cfg)
@@ -190,19 +190,17 @@ def process_piece(task: tuple, cfg: DataConfig) -> dict:
 def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate: int, cfg: DataConfig,
                    out: dict) -> dict:
     try:
-        data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)  # (T, C)
-    except Exception as e:
-        try:  # some formats cannot seek; read whole and slice
-            audio, _ = read_audio(path)
-            data = audio[:, start:stop].T
-        except AudioError:
-            return {**out, "skip": f"unreadable ({first_line(e)})"}
-    out["source_channels"] = int(data.shape[1])
-    if data.shape[0] == 0:
+        data, _ = read_audio(path, start, stop)  # (C, T): the decoded frames of the piece
+    except AudioError as e:
+        return {**out, "skip": f"unreadable ({e.detail})"}
+    out["source_channels"] = int(data.shape[0])
+    if data.shape[1] == 0:
         return {**out, "skip": "empty"}
+    if data.shape[1] != stop - start:  # the file changed since it was planned
+        return {**out, "skip": f"unreadable (decoded {data.shape[1]} of the {stop - start} frames of piece {piece})"}
     if not np.isfinite(data).all():
         return {**out, "skip": "unreadable (non-finite samples)"}
-    clean = mono_model_rate(data.T, rate)
+    clean = mono_model_rate(data, rate)
     if np.abs(clean).max() < 10.0 ** (cfg.silence_db / 20):
         return {**out, "skip": f"silent (peak below data.silence_db {cfg.silence_db} dB)"}
     if out["split"] == "train" and unit_hash(f"bandlimited|{cfg.seed}|{rel}#{piece}") < cfg.bandlimit_fraction:

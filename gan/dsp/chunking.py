@@ -19,10 +19,8 @@ from typing import Callable, Iterator
 import torch
 import torchaudio.functional as AF
 
-from gan.dsp.audio import AudioError
+from gan.dsp.audio import READ_BLOCK, AudioError
 from gan.dsp.shifters import MAX_KERNEL_SIZE, sinc_kernel_size
-
-READ_BLOCK = 1 << 16  # samples per block read from a file
 
 
 def round_up(n: int, m: int) -> int:

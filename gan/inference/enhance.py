@@ -34,8 +34,8 @@ import soundfile as sf
 import torch
 
 from gan.data.recipe import MAX_PEAK
-from gan.dsp.audio import AudioError, find_audio_files
-from gan.dsp.chunking import READ_BLOCK, chunked_map, resample_blocks, round_up, tensor_blocks
+from gan.dsp.audio import AudioError, audio_blocks, audio_info, find_audio_files
+from gan.dsp.chunking import chunked_map, resample_blocks, round_up, tensor_blocks
 from gan.dsp.shifters import MODEL_RATE, apply_shift
 from gan.dsp.stream import stream_shift
 from gan.errors import first_line
@@ -133,16 +133,13 @@ class Enhancer:
         src, dst = Path(src), Path(dst)
         if dst.exists() and dst.resolve() == src.resolve():
             raise AudioError(f"{dst}: is the input file; choose another output folder")
-        try:
-            info = sf.info(str(src))
-        except Exception as e:
-            raise AudioError(f"{src}: cannot read audio ({str(e).splitlines()[0] if str(e) else e})") from None
+        info = audio_info(src)  # decoded to its end once: the length and peak used below, never the header's
         n, channels, rate = info.frames, info.channels, info.samplerate
         subtype = subtype or info.subtype
         clip = not any(s in subtype for s in ("FLOAT", "DOUBLE"))
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.partial")
-        gain = level_gain(_file_peak(src), str(src))
+        gain = level_gain(info.peak, str(src))
         bar = _progress_bar(n * MODEL_RATE // max(rate, 1), f"{src.name}", progress)
         try:
             try:
@@ -150,9 +147,8 @@ class Enhancer:
             except (sf.LibsndfileError, ValueError, TypeError) as e:
                 raise AudioError(f"{dst}: cannot write {info.format}/{subtype} ({e}); pass another --subtype "
                                  "or convert the input to WAV/FLAC") from None
-            with sf.SoundFile(str(src)) as fin, fout:
-                blocks = (torch.from_numpy(b.T.copy()) for b in fin.blocks(READ_BLOCK, dtype="float32",
-                                                                          always_2d=True))
+            with fout:
+                blocks = (torch.from_numpy(b) for b in audio_blocks(src, stop=n))  # (C, <= READ_BLOCK) each
                 written = 0
                 try:
                     for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain, clean):
@@ -185,19 +181,6 @@ def level_gain(peak: float, name: str) -> float:
     print(f"note: {name}: peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by {20 * math.log10(gain):.1f} dB "
           "into the model's range and back, so the output keeps its level", file=sys.stderr)
     return gain
-
-
-def _file_peak(path: Path) -> float:
-    """Largest absolute sample of an audio file, read in blocks (the decoded samples, not the header)."""
-    peak = 0.0
-    try:
-        with sf.SoundFile(str(path)) as f:
-            for b in f.blocks(READ_BLOCK, dtype="float32", always_2d=True):
-                if b.size:
-                    peak = max(peak, float(np.abs(b).max()))
-    except (RuntimeError, ValueError, sf.LibsndfileError):
-        pass  # the enhancement pass reads the file again and reports what is wrong with it
-    return peak
 
 
 def main_shifter(cfg_degrade) -> str:

@@ -10,7 +10,8 @@ Layout::
 
 A checkpoint is written into a hidden temporary directory and renamed into
 place only when complete; ``latest`` is replaced atomically after that, so a
-kill at any moment leaves the previous checkpoint usable.
+kill at any moment leaves the previous checkpoint usable. On several machines without
+a shared filesystem every machine writes its own copy (``setup_writers``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from gan.errors import UnshiftError
 
@@ -124,6 +126,36 @@ class CheckpointManager:
                 shutil.rmtree(d, ignore_errors=True)
         for stale in [*self.dir.glob(".tmp_step_*"), *self.dir.glob(".old_step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def setup_writers(accelerator, run_dir: str | Path) -> bool:
+    """Whether this process writes the run's checkpoints; every process must call it (collective).
+
+    The main process writes them. A machine that does not see the main process's run
+    directory (no shared filesystem) gets its own complete copy, written by its first
+    process, so every machine can resume from its own disk; Accelerate's
+    ``save_on_each_node`` is set to match. Found out once: the main process leaves a file
+    of a fresh name in ``run_dir`` and each machine's first process looks for it.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    acc, run_dir = accelerator, Path(run_dir)
+    if acc.num_processes == 1:
+        return True
+    name = broadcast_object_list([f".main-{uuid.uuid4().hex}" if acc.is_main_process else None])[0]
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).touch()
+    acc.wait_for_everyone()
+    shared = run_dir.is_dir() and name in os.listdir(run_dir)  # a fresh listing, not a cached lookup
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (run_dir / name).unlink()
+    acc.project_configuration.save_on_each_node = not shared
+    if not shared and acc.is_local_main_process:
+        print(f"note: run directory {run_dir}: not the main process's (no shared filesystem); this machine "
+              "keeps its own copy of every checkpoint there", flush=True)
+    return acc.is_main_process or (not shared and acc.is_local_main_process)
 
 
 def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:

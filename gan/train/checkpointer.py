@@ -22,19 +22,22 @@ import torch
 from gan.config import Config, TrainerConfig, dump_config, to_dict
 from gan.config.loader import RENAMED_DISCRIMINATORS
 from gan.errors import first_line
-from gan.train.checkpoint import CheckpointError, CheckpointManager
+from gan.train.checkpoint import CheckpointError, CheckpointManager, setup_writers
 from gan.train.gan_step import NonFiniteError
 
 
 class Checkpointer:
     """The save policy (every ``save_every`` steps, every ``save_every_minutes``, on a stop signal, at the end)
-    and the files of a checkpoint. Every rank calls ``due``, ``save`` and ``load``; only the main process writes.
+    and the files of a checkpoint. Every rank constructs it and calls ``due``, ``save`` and ``load``; the main
+    process writes, and so does each other machine's first process when that machine does not share the main
+    process's run directory (``setup_writers``: every machine then holds the checkpoints to resume from).
     """
 
     def __init__(self, run_dir: str | Path, trainer_cfg: TrainerConfig, backend):
         self.cfg = trainer_cfg
         self.backend = backend
         self.files = CheckpointManager(run_dir, trainer_cfg.keep_last, trainer_cfg.keep_every)
+        self.writes = setup_writers(backend.accelerator, run_dir)  # collective: every rank is here
         self.last_save = time.monotonic()
 
     def due(self, step: int, stop: bool) -> tuple[bool, bool]:
@@ -45,7 +48,7 @@ class Checkpointer:
 
     def save(self, step: int, state: dict, generator: torch.nn.Module, discriminator: torch.nn.Module,
              cfg: Config, ema: bool) -> Path | None:
-        """Write the checkpoint of ``step`` (every rank calls this); returns its directory on the main process.
+        """Write the checkpoint of ``step`` (every rank calls this); returns its directory where it was written.
 
         Raises ``NonFiniteError`` (nothing written) when G or D holds a non-finite weight.
         """
@@ -53,12 +56,12 @@ class Checkpointer:
         finite = all(torch.isfinite(p).all() for m in (generator, discriminator) for p in m.parameters())
         if not finite:
             raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
-        tmp = self.files.begin(step) if acc.is_main_process else self.files.tmp_dir(step)
+        tmp = self.files.begin(step) if self.writes else self.files.tmp_dir(step)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every rank's files (RNG states, shards) are in before the commit
         final = None
-        if acc.is_main_process:
+        if self.writes:
             torch.save(state, tmp / "trainer_state.pt")
             torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema}, tmp / "generator.pt")
             (tmp / "config.yaml").write_text(dump_config(cfg))
