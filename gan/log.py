@@ -2,10 +2,10 @@
 
     from gan.log import get_logger
     log = get_logger(__name__)
-    log.info("resumed from %s at step %d", path, step)      # stdout, global rank 0 only
-    log.warning("note: %s: silent; skipped", name)           # stderr
+    log.info("resumed from %s at step %d", path, step)      # global rank 0 only
+    log.warning("note: %s: silent; skipped", name)
 
-Information goes to standard output, notes and warnings to standard error, one line each, as written. The stream is looked up
+Messages go to standard error, one line each, as written (standard output is left to results: tables, JSON). The stream is looked up
 when a message is written, so redirected or captured streams receive it. Under ``accelerate launch`` or torchrun
 only global rank 0 writes (its ``RANK`` is 0), so a message is printed once however many processes there are; pass
 ``extra={"all_ranks": True}`` for a message every process must print. Set ``UNSHIFT_LOG_LEVEL=WARNING`` to
@@ -26,11 +26,11 @@ class _FirstProcess(logging.Filter):
 
 
 class _ConsoleHandler(logging.Handler):
-    """INFO to the current ``sys.stdout``, WARNING and above to the current ``sys.stderr``, flushed."""
+    """Each message as one line on the current ``sys.stderr``, flushed."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+            stream = sys.stderr
             stream.write(self.format(record) + "\n")
             stream.flush()
         except Exception:  # noqa: BLE001 -- logging must never raise into the caller

@@ -126,7 +126,7 @@ def test_bf16_from_the_launcher_is_autocast_and_recorded(tiny_data, zero, monkey
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     cfg = _cfg(tiny_data)
     assert ds.resolve_precision(cfg) == "bf16" and cfg.trainer.mixed_precision == "bf16"
-    assert "bf16 autocast from the accelerate config" in capsys.readouterr().out
+    assert "bf16 autocast from the accelerate config" in capsys.readouterr().err
     c = ds.build_plugins(cfg)["generator"].deepspeed_config
     assert c["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
@@ -317,7 +317,7 @@ def test_two_process_zero2_through_accelerate_launch(tiny_data, tmp_path):
     def run(*args: str) -> str:
         done = subprocess.run(launch + list(args), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return done.stdout
+        return done.stderr  # messages (gan.log) go to stderr
 
     run("--run-dir", str(tmp_path / "a"))
     ckpt = tmp_path / "a" / "checkpoints"

@@ -211,7 +211,7 @@ def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
     more = subprocess.run(cmd + ["--resume", "auto", "--set", f"trainer.max_steps={stopped + 2}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert more.returncode == 0, more.stdout + more.stderr
-    assert f"resumed from" in more.stdout
+    assert "resumed from" in more.stderr
     assert resolve_resume(run, "auto").name == f"step_{stopped + 2:09d}"
 
 
@@ -349,11 +349,11 @@ def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tm
     tr = run_from_args(str(cfg), "runs/mine", [], None)
     tr.train()
     tr.close()
-    assert "fresh start; run directory runs/mine; cpu x 1 process" in capsys.readouterr().out
+    assert "fresh start; run directory runs/mine; cpu x 1 process" in capsys.readouterr().err
     # the user edits the file afterwards and forgets an override: the run keeps its own settings
     _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, pretrain_steps=1, log_every=2)
     tr = run_from_args("runs/mine/config.yaml", None, ["trainer.max_steps=5"], "auto")  # its own config.yaml
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert tr.run_dir == Path("runs/mine") and tr.step == 3
     assert tr.cfg.trainer.pretrain_steps == 3 and tr.cfg.trainer.log_every == 1 and tr.cfg.trainer.max_steps == 5
     assert "resume: trainer.max_steps 3 -> 5" in out and "resumed from runs/mine/checkpoints/step_000000003" in out
@@ -373,7 +373,7 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_pat
     tr = Trainer(cfg, tmp_path / "b", progress=False, init_from=tmp_path / "a")
     assert tr.step == 0 and not tr.opt_g.state  # fresh optimizer and schedule
     assert not changed(g, tr.accelerator.unwrap_model(tr.G)) and not changed(d, tr.accelerator.unwrap_model(tr.D))
-    assert "initialised the generator and discriminator from" in capsys.readouterr().out
+    assert "initialised the generator and discriminator from" in capsys.readouterr().err
     tr.close()
     with pytest.raises(CheckpointError, match="its generator weights do not fit"):
         Trainer(config_from_dict(tiny_dict(*tiny_data), ["generator.channels=8"]), tmp_path / "c", progress=False,
@@ -403,4 +403,4 @@ def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Setting accelerator to CPU" not in out.stdout + out.stderr
-    assert "fresh start; run directory" in out.stdout
+    assert "fresh start; run directory" in out.stderr

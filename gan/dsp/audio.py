@@ -18,7 +18,6 @@ decoded count differ, one line says so:
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +28,9 @@ import torch
 import torchaudio.functional as AF
 
 from gan.errors import UnshiftError, first_line
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".mp3", ".opus", ".w64", ".caf"}
 READ_BLOCK = 1 << 16  # frames per block read from a file
@@ -43,7 +45,7 @@ class AudioError(UnshiftError, ValueError):
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    log.warning(line)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ files and plots of a report: ``gan.eval.report``.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ import numpy as np
 from gan.data.recipe import degrade_piece, mono_model_rate, piece_bounds
 from gan.dsp.audio import AudioError, find_audio_files, read_audio
 from gan.eval.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 RATE = 48000
 KINDS = ("degraded", "enhanced", "improvement")
@@ -60,11 +62,11 @@ def rms_dbfs(x) -> float:
 def usable_reference(name: str, clean: np.ndarray) -> bool:
     """False, with a one-line note, for an empty or silent reference."""
     if clean.size == 0:
-        print(f"note: {name}: empty; skipped", file=sys.stderr)
+        log.warning("note: %s: empty; skipped", name)
         return False
     rms_db = rms_dbfs(clean)
     if rms_db < SILENT_DB:
-        print(f"note: {name}: silent (RMS {rms_db:.0f} dBFS < {SILENT_DB:.0f}); skipped", file=sys.stderr)
+        log.warning("note: %s: silent (RMS %.0f dBFS < %.0f); skipped", name, rms_db, SILENT_DB)
         return False
     return True
 
@@ -129,7 +131,7 @@ def pair_examples(data_dir: str | Path, degraded_dir: str | Path,
         rel = path.relative_to(root).as_posix()
         match = other / rel if (other / rel).is_file() else next(iter(sorted(other.rglob(path.name))), None)
         if match is None:
-            print(f"warning: {rel}: no file of that name in {other}; skipped", file=sys.stderr)
+            log.warning("warning: %s: no file of that name in %s; skipped", rel, other)
             continue
         clean, degraded = _mono48(path, max_seconds), _mono48(match, max_seconds)
         n = min(len(clean), len(degraded))
@@ -200,8 +202,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     for k, ex in enumerate(examples(data, loaded[0].cfg.data.degrade, shifts, degraded_dir, split, max_seconds,
                                     shifters), 1):
         if progress:
-            print(f"[{k}] {ex.file} {ex.shifter} {ex.shift} ({time.monotonic() - start:.0f} s)", file=sys.stderr,
-                  flush=True)
+            log.info("[%d] %s %s %s (%.0f s)", k, ex.file, ex.shifter, ex.shift, time.monotonic() - start)
         name = f"{ex.file} {ex.shifter} {ex.shift}"
         deg = suite.score(ex.clean, ex.degraded, name)
         outputs = {}

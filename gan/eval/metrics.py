@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 import warnings
 from typing import Callable
 
@@ -29,6 +28,9 @@ import numpy as np
 import torch
 
 from gan.errors import first_line
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 CORE = ("lsd", "mel", "mrstft", "si_sdr")
 EXTRA = ("visqol", "pesq", "stoi", "dnsmos")
@@ -142,7 +144,7 @@ class MetricSuite:
                     warnings.simplefilter("ignore")
                     out[metric] = self._fn(metric)(ref, est)
             except Exception as e:  # e.g. PESQ on silence ("no utterances detected")
-                print(f"note: {name + ': ' if name else ''}metric {metric}: {first_line(e)}; NaN", file=sys.stderr)
+                log.warning("note: %smetric %s: %s; NaN", f"{name}: " if name else "", metric, first_line(e))
                 out[metric] = math.nan
         return out
 

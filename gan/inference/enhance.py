@@ -40,6 +40,9 @@ from gan.dsp.shifters import MODEL_RATE, apply_shift
 from gan.dsp.stream import stream_shift
 from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 class Enhancer:
     """Runs a generator over audio of any length, rate and channel count in overlapping windows.
@@ -178,8 +181,8 @@ def level_gain(peak: float, name: str) -> float:
     if not math.isfinite(peak) or peak <= 1.0:
         return 1.0
     gain = MAX_PEAK / peak
-    print(f"note: {name}: peaks at {20 * math.log10(peak):+.1f} dBFS; scaled by {20 * math.log10(gain):.1f} dB "
-          "into the model's range and back, so the output keeps its level", file=sys.stderr)
+    log.warning("note: %s: peaks at %+.1f dBFS; scaled by %.1f dB into the model's range and back, so the output "
+                "keeps its level", name, 20 * math.log10(peak), 20 * math.log10(gain))
     return gain
 
 

@@ -22,6 +22,9 @@ import subprocess
 import uuid
 from pathlib import Path
 from gan.errors import UnshiftError
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 STEP_RE = re.compile(r"^step_(\d{9})$")
 LATEST = "latest"
@@ -153,8 +156,8 @@ def setup_writers(accelerator, run_dir: str | Path) -> bool:
         (run_dir / name).unlink()
     acc.project_configuration.save_on_each_node = not shared
     if not shared and acc.is_local_main_process:
-        print(f"note: run directory {run_dir}: not the main process's (no shared filesystem); this machine "
-              "keeps its own copy of every checkpoint there", flush=True)
+        log.info("note: run directory %s: not the main process's (no shared filesystem); this machine keeps its own "
+                 "copy of every checkpoint there", run_dir, extra={"all_ranks": True})
     return acc.is_main_process or (not shared and acc.is_local_main_process)
 
 
