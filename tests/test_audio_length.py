@@ -16,7 +16,7 @@ from gan.data import preprocess
 from gan.data.cache import open_cache
 from gan.dsp.audio import audio_blocks, audio_info, read_audio, to_mono
 from gan.eval.evaluation import shifter_examples
-from test_inference import Toy, ToyConfig, enhancer, rel_db
+from helpers import Toy, ToyConfig, enhancer, rel_db
 
 pytestmark = pytest.mark.skipif("MP3" not in sf.available_formats(), reason="libsndfile without MP3 (needs >= 1.1)")
 

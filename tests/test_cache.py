@@ -19,7 +19,6 @@ from gan.config import DataConfig, DegradeConfig
 from gan.dsp.shifters import round_trip
 
 from conftest import DEMO_AUDIO, ROOT
-from test_degrade import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 STEREO = "bass_hard_c.flac"  # 44.1 kHz stereo, 1.5 s
 MONO = "bd_808.flac"  # 44.1 kHz mono, 0.56 s

@@ -12,7 +12,7 @@ from gan.train.checkpoint import CheckpointError
 from gan.config import ConfigError
 from gan.errors import UnshiftError
 from gan.train.trainer import NonFiniteError
-from test_trainer import tiny_dict
+from helpers import tiny_dict
 
 sys.path.insert(0, str(ROOT / "launch"))
 

@@ -2,97 +2,22 @@
 import math
 import subprocess
 import sys
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 import torchaudio.functional as AF
 
-import discriminators
 import generators
 from conftest import ROOT
 from gan.dsp.audio import AudioError
 from gan.train.checkpoint import CheckpointError
-from gan.config import DegradeConfig, config_from_dict, dump_config, to_dict
+from gan.config import DegradeConfig
 from gan.dsp.chunking import BlockReader, plan_windows, resample_blocks, tensor_blocks
-from gan.inference import Enhancer, LoadedGenerator, load_generator, output_paths
+from gan.inference import Enhancer, load_generator, output_paths
 from tiny_configs import tiny_dac_unet, tiny_wavunet
-
-
-@dataclass
-class ToyConfig:
-    """A cheap strided conv net with a known receptive field (for long-signal tests)."""
-    name: str = "toy"
-    width: int = 2
-
-    @property
-    def total_stride(self) -> int:
-        return 4
-
-
-class Toy(nn.Module):
-    def __init__(self, cfg: ToyConfig):
-        super().__init__()
-        self.cfg, w = cfg, cfg.width
-        self.a = nn.Conv1d(1, w, 7, padding=3)
-        self.down = nn.Conv1d(w, w, 8, stride=4, padding=2)
-        self.mid = nn.Conv1d(w, w, 5, padding=6, dilation=3)
-        self.up = nn.ConvTranspose1d(w, w, 8, stride=4, padding=2)
-        self.out = nn.Conv1d(w, 1, 7, padding=3)
-
-    def receptive_field(self) -> int:
-        return 7 + 4 * (2 + 13 + 2) + 7
-
-    def forward(self, x):  # (B, 1, T) -> (B, 1, T)
-        n = x.shape[-1]
-        h = torch.tanh(self.a(F.pad(x, (0, -n % 4))))
-        h = torch.tanh(self.down(h))
-        h = torch.tanh(self.up(h + torch.tanh(self.mid(h))))
-        return self.out(h)[..., :n]
-
-
-@dataclass
-class _Disc:
-    name: str = "test_disc"
-
-
-TINY_DAC = to_dict(tiny_dac_unet())
-
-
-@pytest.fixture
-def registry(monkeypatch):
-    monkeypatch.setitem(generators.REGISTRY, "toy", (Toy, ToyConfig))
-    monkeypatch.setitem(discriminators.REGISTRY, "test_disc", (nn.Identity, _Disc))
-
-
-def write_checkpoint(run_dir, generator: dict, step: int = 7, seed: int = 0, identity: bool = False):
-    """A run directory in the trainer's layout: config.yaml + generator.pt under checkpoints/step_X."""
-    cfg = config_from_dict({
-        "data": {"audio_dir": "data/demo", "cache_dir": "cache/x", "segment_length": 1024},
-        "generator": generator, "discriminators": [{"name": "test_disc"}], "trainer": {"max_steps": 10}})
-    torch.manual_seed(seed)
-    model = generators.build_generator(cfg.generator)
-    step_dir = run_dir / "checkpoints" / f"step_{step:09d}"
-    step_dir.mkdir(parents=True)
-    (step_dir / "config.yaml").write_text(dump_config(cfg))
-    torch.save({"state_dict": model.state_dict(), "step": step, "ema": False}, step_dir / "generator.pt")
-    (run_dir / "checkpoints" / "latest").write_text(step_dir.name + "\n")
-    return model
-
-
-def enhancer(model, cfg_generator, **kw) -> Enhancer:
-    """An Enhancer around an in-memory model (no checkpoint, no registry)."""
-    cfg = SimpleNamespace(generator=cfg_generator, data=SimpleNamespace(degrade=DegradeConfig()))
-    return Enhancer(LoadedGenerator(model.eval(), cfg, 0, False, None), device="cpu", **kw)
-
-
-def rel_db(a, b) -> float:
-    return 20 * math.log10(float((a - b).norm() / b.norm()) + 1e-30)
+from helpers import TINY_DAC, Toy, ToyConfig, enhancer, rel_db, write_checkpoint
 
 
 def test_plan_windows_cover_output_once():
@@ -247,7 +172,7 @@ def test_ten_minute_file_streams_with_bounded_memory(tmp_path):
     script = (
         "import resource, sys, torch, numpy as np, soundfile as sf\n"
         "sys.path[:0] = [sys.argv[3], sys.argv[3] + '/tests']\n"
-        "from test_inference import Toy, ToyConfig, enhancer\n"
+        "from helpers import Toy, ToyConfig, enhancer\n"
         "torch.set_num_threads(1)\n"
         "enh = enhancer(Toy(ToyConfig()), ToyConfig(), chunk_seconds=5.0)\n"
         "enh.enhance_file(sys.argv[1], sys.argv[2], progress=False)\n"

@@ -25,11 +25,10 @@ from conftest import ROOT
 from gan.eval.listening import PEAK_CEILING_DB, integrated_loudness, match_loudness, peak_db
 from gan.eval.listening_results import (ListeningResultsError, blind_key, format_preferences, preference_table,
                                         read_answers)
-from test_inference import registry, write_checkpoint  # noqa: F401  (fixture)
-from test_metrics import make_folder, tone_folder
 
 sys.path.insert(0, str(ROOT / "launch"))
 import evaluate  # noqa: E402
+from helpers import make_folder, tone_folder, write_checkpoint
 
 
 def sine(db_peak: float, seconds: float = 2.0, hz: float = 997.0) -> np.ndarray:

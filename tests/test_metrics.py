@@ -13,11 +13,7 @@ from gan.config import MelLossConfig
 from gan.losses.reconstruction import MultiScaleMelLoss
 from gan.eval.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
                          summarize)
-from test_inference import registry, write_checkpoint  # noqa: F401  (fixture)
-
-
-def noise(n=48000, seed=0, scale=0.1) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+from helpers import make_folder, noise, tone_folder, write_checkpoint
 
 
 def test_lsd_of_scaled_copy_is_twice_log10_of_gain():
@@ -89,15 +85,6 @@ def test_missing_extra_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pesq" else real(name, *a))
     suite = MetricSuite(["lsd", "pesq"])
     assert suite.names == ["lsd"] and "pip install" in suite.skipped["pesq"]
-
-
-def make_folder(path, seconds=0.5, files=2):
-    path.mkdir()
-    for i in range(files):
-        t = np.arange(int(44100 * seconds)) / 44100
-        x = 0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t) + noise(len(t), seed=i, scale=0.02)
-        sf.write(path / f"f{i}.wav", x.astype(np.float32), 44100, subtype="FLOAT")
-    return path
 
 
 def test_evaluate_cli_compares_two_identical_checkpoints(tmp_path, registry):  # noqa: F811
@@ -191,17 +178,6 @@ def test_visqol_and_dnsmos_rank_clean_above_noisy():
     same, noisy = suite.score(x, x), suite.score(x, x + noise(len(x), seed=7, scale=0.1))
     assert same["visqol"] > 4.0 and noisy["visqol"] < same["visqol"] - 0.5
     assert 1.0 <= noisy["dnsmos"] <= 5.0 and 1.0 <= same["dnsmos"] <= 5.0
-
-
-def tone_folder(path, files=3, seconds=0.5):
-    """Harmonic tones with a decaying envelope (real pitch content for a shifter), 44.1 kHz."""
-    path.mkdir(parents=True)
-    t = np.arange(int(44100 * seconds)) / 44100
-    for i in range(files):
-        f0 = 180.0 * (1 + i)
-        x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6)) * np.exp(-2 * t) * 0.2
-        sf.write(path / f"tone{i}.wav", x.astype(np.float32), 44100)
-    return path
 
 
 def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_path, capsys, registry):  # noqa: F811

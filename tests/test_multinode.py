@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from test_trainer import PY, assert_same_weights, tiny_data, tiny_dict  # noqa: F401  (tiny_data: fixture)
+from helpers import PY, assert_same_weights, tiny_dict
 
 STEP = "step_{:09d}"
 OWN_COPY = "this machine keeps its own copy of every checkpoint"

@@ -2,7 +2,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,50 +10,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import DEMO_AUDIO, ROOT
-from gan.dsp.audio import read_audio, to_mono, write_audio
+from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
 from gan.train.trainer import ADVERSARIAL, PRETRAIN, NonFiniteError, Trainer, stage_at
-
-PY = sys.executable
-
-
-def tiny_dict(audio_dir: Path, cache_dir: Path, **trainer) -> dict:
-    return {
-        "data": {"audio_dir": str(audio_dir), "cache_dir": str(cache_dir), "segment_length": 2048,
-                 "batch_size": 2, "num_workers": 0, "val_fraction": 0.25, "val_segment_seconds": 0.25,
-                 "val_examples": 2, "degrade": {"shifts": [12], "n_fft": 512}},
-        "generator": {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4]},
-        "discriminators": [{"name": "mpd", "periods": [2, 3], "channels": [4, 8]},
-                           {"name": "mrd", "window_lengths": [512, 256], "channels": 4}],
-        "trainer": {"max_steps": 6, "pretrain_steps": 3, "log_every": 1, "val_every": 3, "save_every": 3,
-                    "keep_last": 5, **trainer},
-        "loss_weights": {"mel": 15.0, "l1": 1.0, "feat": 2.0, "adv": 1.0},
-        "loss": {"mel": {"n_mels": [10, 40], "window_lengths": [64, 512], "mel_fmin": [0, 0],
-                         "mel_fmax": [None, None]}},
-        "optim": {"generator": {"lr": 1e-3}, "discriminator": {"lr": 1e-3}},
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Four 1.5-s excerpts of bundled recordings and the cache built from them once."""
-    root = tmp_path_factory.mktemp("tiny")
-    audio = root / "audio"
-    for name in ["loop_amen", "guit_em9", "ambi_piano", "bass_voxy_c"]:
-        x, sr = read_audio(DEMO_AUDIO / f"{name}.flac")
-        write_audio(audio / f"{name}.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
-    cfg = config_from_dict(tiny_dict(audio, root / "cache"))
-    from gan.data.preprocess import ensure_cache
-
-    ensure_cache(cfg.data, progress=False, num_workers=1)
-    return audio, root / "cache"
-
-
-def make_trainer(tiny_data, run_dir, resume=None, overrides=(), **trainer) -> Trainer:
-    cfg = config_from_dict(tiny_dict(*tiny_data, **trainer), list(overrides))
-    return Trainer(cfg, run_dir, resume=resume, progress=False)
+from helpers import PY, assert_same_weights, make_trainer, tiny_dict, write_config
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -88,22 +48,6 @@ def test_warmup_step_changes_only_g_and_adversarial_step_changes_both(tiny_data,
     for key in ("train/g/adv", "train/g/feat", "train/d/total", "train/grad_norm/d", "train/g/adv/mpd_2"):
         assert key in logs, key
     tr.close()
-
-
-def _weights(ckpt: Path) -> dict:
-    from safetensors.torch import load_file
-
-    g = torch.load(ckpt / "generator.pt", weights_only=True)["state_dict"]
-    files = sorted(ckpt.glob("model*.safetensors"))
-    return {"ema_g": g, **{f.name: load_file(f) for f in files}}
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys() and len(wa) == 3
-    for name in wa:
-        for k in wa[name]:
-            assert torch.equal(wa[name][k], wb[name][k]), (name, k)
 
 
 def test_resume_is_bit_identical_across_the_stage_switch(tiny_data, tmp_path):
@@ -183,11 +127,6 @@ def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
     tr.close()
 
 
-def _write_config(tiny_data, path: Path, **trainer) -> Path:
-    path.write_text(yaml.safe_dump(tiny_dict(*tiny_data, **trainer)))
-    return path
-
-
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
     d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
@@ -221,7 +160,7 @@ def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
 def test_multi_process_resume_is_exact(tiny_data, tmp_path, processes):
     # 3 processes: gloo sums a gradient bucket in chunks, so the order of a sum depends on where a gradient
     # sits in its bucket; a resumed run must bucket like the run that never stopped
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml")
+    cfg = write_config(tiny_data, tmp_path / "c.yaml")
     port = str(29500 + (os.getpid() + processes) % 1000)
     launch = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
               "--num_machines", "1",
@@ -243,7 +182,7 @@ def test_multi_process_resume_is_exact(tiny_data, tmp_path, processes):
 def test_bench_train_prints_one_json_object(tiny_data, tmp_path):
     import json
 
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml")
+    cfg = write_config(tiny_data, tmp_path / "c.yaml")
     out = subprocess.run([PY, str(ROOT / "launch" / "bench.py"), "train", "--config", str(cfg), "--steps", "1",
                           "--untimed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -345,13 +284,13 @@ def test_resume_takes_the_runs_own_config_and_only_mid_run_changes(tiny_data, tm
     from gan.train.run import run_from_args
 
     monkeypatch.chdir(tmp_path)
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3)
+    cfg = write_config(tiny_data, tmp_path / "c.yaml", max_steps=3)
     tr = run_from_args(str(cfg), "runs/mine", [], None)
     tr.train()
     tr.close()
     assert "fresh start; run directory runs/mine; cpu x 1 process" in capsys.readouterr().err
     # the user edits the file afterwards and forgets an override: the run keeps its own settings
-    _write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, pretrain_steps=1, log_every=2)
+    write_config(tiny_data, tmp_path / "c.yaml", max_steps=3, pretrain_steps=1, log_every=2)
     tr = run_from_args("runs/mine/config.yaml", None, ["trainer.max_steps=5"], "auto")  # its own config.yaml
     out = capsys.readouterr().err
     assert tr.run_dir == Path("runs/mine") and tr.step == 3
@@ -398,7 +337,7 @@ def test_automatic_threads_leave_busy_cores_free(monkeypatch):
 
 
 def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
-    cfg = _write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, pretrain_steps=1)
+    cfg = write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, pretrain_steps=1)
     out = subprocess.run([PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir",
                           str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
