@@ -26,13 +26,14 @@ class _FirstProcess(logging.Filter):
 
 
 class _ConsoleHandler(logging.Handler):
-    """Each message as one line on the current ``sys.stderr``, flushed."""
+    """Each message as one line on the current ``sys.stderr`` (through ``tqdm.write``, so a progress bar
+    on the same stream is redrawn below it instead of being broken)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = sys.stderr
-            stream.write(self.format(record) + "\n")
-            stream.flush()
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 -- logging must never raise into the caller
             self.handleError(record)
 

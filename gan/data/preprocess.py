@@ -28,6 +28,9 @@ from gan.data.recipe import (MAX_PEAK, bandlimit, degrade_piece, mono_model_rate
                              piece_shifts, split_of, unit_hash)
 from gan.dsp.audio import AudioError, audio_info, find_audio_files, read_audio
 from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, sinc_kernel_size
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 
 def cache_status(cfg: DataConfig) -> str:
@@ -245,7 +248,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
     """Preprocess ``cfg.audio_dir`` into ``cfg.cache_dir`` (replacing what is there) -> manifest."""
     from tqdm import tqdm
 
-    warn = warn or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    warn = warn or log.warning
     root, path = Path(cfg.audio_dir), Path(cfg.cache_dir)
     files = find_audio_files(root)
     path.parent.mkdir(parents=True, exist_ok=True)
