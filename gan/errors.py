@@ -12,8 +12,6 @@ returns the documented exit code:
 """
 from __future__ import annotations
 
-import os
-import sys
 from typing import Callable
 
 
@@ -28,15 +26,11 @@ def first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def is_first_process() -> bool:
-    """True on the global rank 0 of an ``accelerate launch`` / torchrun, and in a plain process."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def report(e: UnshiftError) -> int:
-    """Print ``error: <first line>`` to stderr (first process only) and return the error's exit code."""
-    if is_first_process():
-        print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+    """Say ``error: <first line>`` on stderr (first process only, ``gan.log``) and return the error's exit code."""
+    from gan.log import get_logger
+
+    get_logger(__name__).error("error: %s", first_line(e))  # first process only
     return e.exit_code
 
 

@@ -10,7 +10,7 @@ from gan.dsp.audio import AudioError
 from gan.data.cache import CacheError
 from gan.train.checkpoint import CheckpointError
 from gan.config import ConfigError
-from gan.errors import UnshiftError
+from gan.errors import UnshiftError, run_cli
 from gan.train.trainer import NonFiniteError
 from helpers import tiny_dict
 
@@ -62,3 +62,21 @@ def test_enhance_and_evaluate_report_checkpoint_and_data_errors(tmp_path, capsys
     assert "nope" in one_error_line(capsys)
     assert launcher("evaluate").main(["--checkpoint", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
     assert "nope" in one_error_line(capsys)
+
+
+def test_messages_are_one_line_on_stderr_from_the_first_process_only(monkeypatch, capsys):
+    from gan.log import get_logger
+
+    log = get_logger("gan.test")
+    monkeypatch.setenv("RANK", "0")
+    log.info("note: from rank 0")
+    monkeypatch.setenv("RANK", "1")
+    log.info("note: from rank 1")
+    log.info("note: every machine says this", extra={"all_ranks": True})
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == ["note: from rank 0", "note: every machine says this"]
+    assert run_cli(lambda argv: (_ for _ in ()).throw(UnshiftError("bad thing; do this"))) == 2
+    assert capsys.readouterr().err == ""  # rank 1 reports nothing; rank 0 does
+    monkeypatch.setenv("RANK", "0")
+    assert run_cli(lambda argv: (_ for _ in ()).throw(UnshiftError("bad thing; do this"))) == 2
+    assert capsys.readouterr().err == "error: bad thing; do this\n"
