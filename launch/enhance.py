@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
+    from gan.cpu import use_cpu_threads
+
+    use_cpu_threads()  # a busy CPU: threads for the free cores only
     from gan.dsp.audio import AudioError
     from gan.errors import UnshiftError, report
     from gan.inference import Enhancer, load_generator, output_paths

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from gan.cpu import use_cpu_threads
+
+    use_cpu_threads()  # a busy CPU: threads for the free cores only
     if args.listening_results:
         from gan.eval.listening_results import format_preferences, preference_table
         from gan.eval.report import write_outputs

@@ -11,7 +11,7 @@ from gan.data.cache import CacheError
 from gan.train.checkpoint import CheckpointError
 from gan.config import ConfigError
 from gan.errors import UnshiftError, run_cli
-from gan.train.trainer import NonFiniteError
+from gan.train.gan_step import NonFiniteError
 from helpers import tiny_dict
 
 sys.path.insert(0, str(ROOT / "launch"))

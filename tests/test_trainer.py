@@ -13,7 +13,8 @@ import yaml
 from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
-from gan.train.trainer import ADVERSARIAL, PRETRAIN, NonFiniteError, Trainer, stage_at
+from gan.train.gan_step import ADVERSARIAL, PRETRAIN, NonFiniteError, stage_at
+from gan.train.trainer import Trainer
 from helpers import PY, assert_same_weights, make_trainer, tiny_dict, write_config
 
 
@@ -322,10 +323,10 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_pat
 def test_automatic_threads_leave_busy_cores_free(monkeypatch):
     import os
 
-    from gan.train.run import cpu_threads
+    from gan.cpu import cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("gan.data.preprocess.usable_cores", lambda: 2)
+    monkeypatch.setattr("gan.cpu.usable_cores", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # another job busy on one core
     assert cpu_threads(0) == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))

@@ -17,7 +17,8 @@ import soundfile as sf
 
 from gan.config import DataConfig, DegradeConfig
 from gan.data.loader import make_train_loader
-from gan.data.preprocess import build_cache, usable_cores
+from gan.cpu import usable_cores
+from gan.data.preprocess import build_cache
 from gan.dsp.audio import find_audio_files
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -50,7 +50,8 @@ def run(args) -> dict:
     from gan.data.loader import make_train_loader
     from gan.eval.evaluation import shifter_examples
     from gan.eval.metrics import MetricSuite
-    from gan.train.trainer import PRETRAIN, Trainer
+    from gan.train.gan_step import PRETRAIN
+    from gan.train.trainer import Trainer
 
     cfg = load_config(args.config, [*args.overrides, f"trainer.max_steps={args.steps}"])
     examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,

@@ -18,7 +18,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args) -> dict:
     from gan.config import load_config
     from gan.data.loader import make_train_loader
-    from gan.train.trainer import ADVERSARIAL, PRETRAIN, Trainer, peak_memory_mb
+    from gan.train.gan_step import ADVERSARIAL, PRETRAIN
+    from gan.train.trainer import Trainer, peak_memory_mb
 
     cfg = load_config(args.config, args.overrides)
     out = {"config": args.config, "overrides": args.overrides, "batch_size": cfg.data.batch_size,

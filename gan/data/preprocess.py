@@ -26,6 +26,7 @@ from gan.config import ConfigError, DataConfig, config_hash
 from gan.data.cache import FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash
 from gan.data.recipe import (MAX_PEAK, bandlimit, degrade_piece, mono_model_rate, num_variants, piece_bounds,
                              piece_shifts, split_of, unit_hash)
+from gan.cpu import usable_cores
 from gan.dsp.audio import AudioError, audio_info, find_audio_files, read_audio
 from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, sinc_kernel_size
 from gan.log import get_logger
@@ -221,13 +222,6 @@ def _process_piece(path: str, rel: str, piece: int, start: int, stop: int, rate:
             "clean": q(clean), "degraded": [q(degraded[s]) for s in shifts]}
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects CPU limits of containers and taskset
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _init_worker() -> None:
     import torch
 
@@ -248,7 +242,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
     """Preprocess ``cfg.audio_dir`` into ``cfg.cache_dir`` (replacing what is there) -> manifest."""
     from tqdm import tqdm
 
-    warn = warn or log.warning
+    warn = warn or (lambda msg: log.warning(msg, extra={"all_ranks": True}))  # the builder of its machine
     root, path = Path(cfg.audio_dir), Path(cfg.cache_dir)
     files = find_audio_files(root)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ class AudioError(UnshiftError, ValueError):
 
 
 def _stderr(line: str) -> None:
-    log.warning(line)
+    log.warning(line, extra={"all_ranks": True})  # also from the cache builder of another machine
 
 
 @dataclass(frozen=True)

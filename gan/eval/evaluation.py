@@ -265,7 +265,7 @@ def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
         t = np.arange(n) / RATE
         x = sum(np.sin(2 * np.pi * 440 * k * t) / k for k in range(1, 6)).astype(np.float32)
     x = (x * (10 ** (4 / 20) / np.abs(x).max())).astype(np.float32)  # peak +4 dBFS
-    y = np.asarray(enhancer.enhance(x))
+    y = np.asarray(enhancer.enhance(x, name=f"level check (+4 dBFS {files[0].name if files else 'tone'})"))
     out["hot_peak_change_db"] = 20 * math.log10(float(np.abs(y).max()) / float(np.abs(x).max()))
     out["hot_source"] = files[0].name if files else "tone"
     return out

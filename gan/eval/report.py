@@ -86,12 +86,13 @@ def format_table(report: dict) -> str:
     if "compare" in report:
         lines.append("paired comparison of enhanced scores, B - A "
                      f"({report['checkpoints']['B']['path']} vs {report['checkpoints']['A']['path']})")
-        lines.append(f"{'metric':<10}{'mean A':>10}{'mean B':>10}{'B - A':>10}{'95% CI':>22}{'t p':>10}"
-                     f"{'wilcox p':>10}  better")
+        lines.append(f"{'metric':<10}{'mean A':>11}{'mean B':>11}{'B - A':>11}{'95% CI':>25}{'t p':>11}"
+                     f"{'wilcox p':>11}  better")
         for m, c in report["compare"].items():
             ci = f"[{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]"
-            lines.append(f"{m:<10}{_f(c['mean_a']):>10}{_f(c['mean_b']):>10}{_f(c['mean_diff']):>10}{ci:>22}"
-                         f"{_f(c['t_p']):>10}{_f(c['wilcoxon_p']):>10}  {c['better']}")
+            better = {"a": "A", "b": "B"}.get(c["better"], c["better"])
+            lines.append(f"{m:<10}{_f(c['mean_a']):>11}{_f(c['mean_b']):>11}{_f(c['mean_diff']):>11} {ci:>24}"
+                         f"{_f(c['t_p']):>11}{_f(c['wilcoxon_p']):>11}  {better}")
     for m, why in report["skipped_metrics"].items():
         lines.append(f"note: {m} skipped: {why}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import torch
 from gan.config import Config, ConfigError, config_from_dict
 from gan.dsp.chunking import round_up
 from gan.errors import first_line
-from gan.train.checkpoint import CheckpointError, CheckpointManager
+from gan.train.checkpoint import CheckpointError, CheckpointManager, strip_wrapper_prefixes
 
 
 @dataclass
@@ -93,19 +93,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
                               f"({shape[:200]})") from None
     model.eval().requires_grad_(False).to(device)
     return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights)
-
-
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
-
-
-def strip_wrapper_prefixes(state: dict) -> dict:
-    """Keys saved from a compiled or DDP-wrapped model (``_orig_mod.stem...``) -> the bare model's keys."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
 
 
 def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:

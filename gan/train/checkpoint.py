@@ -179,3 +179,16 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
             "give a checkpoints/step_XXXXXXXXX directory, a run directory or 'auto'"
         )
     return path
+
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """Keys saved from a compiled or DDP-wrapped model (``_orig_mod.stem...``) -> the bare model's keys."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out

@@ -9,8 +9,10 @@ Accelerate's ``save_state`` files (weights, optimizer states, every rank's RNG s
     config.yaml        the resolved config of the run
 
     ckpt = Checkpointer(run_dir, cfg.trainer, backend)
-    if ckpt.due(step, stop=stop_requested): ckpt.save(step, trainer.state_dict(), generator, cfg)
+    save, stop = ckpt.due(step, stop=stop_requested)     # agreed by every rank
+    if save: ckpt.save(step, trainer.state_dict(), generator, discriminator, cfg, ema=True)
     state = ckpt.load(path, cfg)            # after checking the models and optimizers match
+    load_init_weights(g, d, "runs/other")   # fine-tuning: another run's weights, fresh optimizer
 """
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ import torch
 from gan.config import Config, TrainerConfig, dump_config, to_dict
 from gan.config.loader import RENAMED_DISCRIMINATORS
 from gan.errors import first_line
-from gan.train.checkpoint import CheckpointError, CheckpointManager, setup_writers
+from gan.log import get_logger
+from gan.train.checkpoint import (CheckpointError, CheckpointManager, resolve_resume, setup_writers,
+                                  strip_wrapper_prefixes)
 from gan.train.gan_step import NonFiniteError
+
+log = get_logger(__name__)
 
 
 class Checkpointer:
@@ -38,6 +44,10 @@ class Checkpointer:
         self.backend = backend
         self.files = CheckpointManager(run_dir, trainer_cfg.keep_last, trainer_cfg.keep_every)
         self.writes = setup_writers(backend.accelerator, run_dir)  # collective: every rank is here
+        self.last_save = time.monotonic()
+
+    def restart_clock(self) -> None:
+        """Count ``save_every_minutes`` from now (a run's start or resumption)."""
         self.last_save = time.monotonic()
 
     def due(self, step: int, stop: bool) -> tuple[bool, bool]:
@@ -111,3 +121,30 @@ def check_compatible(state: dict, cfg: Config, path: Path) -> None:
     if state["optimizers"] != names:
         raise CheckpointError(f"checkpoint {path}: optimizers {state['optimizers']} differ from the config's "
                               f"{names}; keep optim.*.name as in that run or start a new --run-dir")
+
+
+def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) -> None:
+    """Load G (and D, when its weights are there) from a run or step directory of another run.
+
+    Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
+    else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
+    network's weights do not fit its config here.
+    """
+    from safetensors.torch import load_file
+
+
+    step = resolve_resume(path, str(path))
+    sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
+    if not sources[0][2].is_file():
+        sources = [(g, "generator", step / "generator.pt")]
+    for net, name, file in sources:
+        if not file.is_file():
+            continue
+        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
+        try:
+            net.load_state_dict(strip_wrapper_prefixes(state))
+        except RuntimeError as e:
+            raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
+                                  f"({first_line(e)[:160]})") from None
+    loaded = " and ".join(name for _, name, file in sources if file.is_file())
+    log.info("initialised the %s from %s; optimizer and schedules start fresh", loaded, step)

@@ -6,9 +6,12 @@
   reconstruction + feature matching + adversarial terms with D frozen (audiocraft's
   ``AdversarialLoss`` pattern, ``gan.losses.adversarial``).
 
-The stage is a pure function of the step (``stage_at``). A step whose loss or gradient
-norm is non-finite on any rank is skipped on every rank; ``trainer.max_nonfinite_skips``
-such steps in a row raise ``NonFiniteError``.
+The stage is a pure function of the step (``stage_at``). On the plain backend a step whose
+loss or gradient norm is non-finite on any rank is skipped on every rank; under DeepSpeed the
+engine skips a step whose global gradient norm is non-finite (a non-finite loss alone is
+counted, not skipped). ``trainer.max_nonfinite_skips`` non-finite steps in a row raise
+``NonFiniteError``. Schedules advance on skipped steps too, so the learning rate stays a
+function of the step.
 
     step = GANStep(cfg, backend, G, D, opt_g, opt_d, sched_g, sched_d, reconstruction, adversarial, ema)
     logs = step(micro_batches, adversarial=True, step=1200)   # {"train/g/mel": ..., "train/d/mpd_2": ...}
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -83,7 +87,7 @@ class GANStep:
 
         ``micro_batches``: dicts with ``degraded`` and ``clean`` of shape ``(B, 1, T)`` on the device.
         """
-        timer = timer or (lambda name: _NO_TIMER)
+        timer = timer or (lambda name: nullcontext())
         logs: dict[str, float] = {}
         fakes = [None] * len(micro_batches)
         if adversarial:
@@ -92,13 +96,13 @@ class GANStep:
             with timer("optimizer"):
                 logs["train/grad_norm/d"] = self._clip_and_step("d", logs["train/d/total"], step)
                 logs["train/lr/d"] = self.opt_d.param_groups[0]["lr"]
-                self.sched_d.step()
+                _advance(self.sched_d)
         with timer("g_fwd_bwd"):
             self._generator_backward(micro_batches, fakes, adversarial, logs)
         with timer("optimizer"):
             logs["train/grad_norm/g"] = self._clip_and_step("g", logs["train/g/total"], step)
             logs["train/lr/g"] = self.opt_g.param_groups[0]["lr"]
-            self.sched_g.step()
+            _advance(self.sched_g)
             if self.ema is not None:
                 self.ema.update_parameters(self.backend.accelerator.unwrap_model(self.G, keep_torch_compile=False))
         logs.setdefault("train/lr/d", self.opt_d.param_groups[0]["lr"])  # pretraining: D's schedule has not moved
@@ -154,19 +158,15 @@ class GANStep:
         return norm
 
 
-class _NoTimer:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NO_TIMER = _NoTimer()
-
-
 def _accumulate(logs: dict, prefix: str, terms: dict, k: int) -> None:
     """Add each term's mean over ``k`` micro-batches to ``logs[prefix/name]``."""
     for name, v in terms.items():
         v = float(v.detach()) if torch.is_tensor(v) else float(v)
         logs[f"{prefix}/{name}"] = logs.get(f"{prefix}/{name}", 0.0) + v / k
+
+
+def _advance(scheduler) -> None:
+    """Step a schedule, also after a skipped optimizer step (torch would warn that the optimizer did not step)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()

@@ -1,73 +1,19 @@
-"""Starting a run the way ``launch/train.py`` does: config lookup, run directory, resume with the
-run's own settings, fine-tuning from another run's weights, CPU threads.
+"""Starting a run the way ``launch/train.py`` does: config lookup, run directory, and resume with the
+run's own settings (only mid-run changes allowed).
 
     trainer = run_from_args("cpu", None, ["trainer.max_steps=10"], resume="auto")
     trainer.train()
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import torch
 
 from gan.config import Config, ConfigError, load_config, to_dict
 from gan.config.loader import RENAMED_KEYS
-from gan.errors import first_line
 from gan.log import get_logger
-from gan.train.checkpoint import CheckpointError
 from gan.train.trainer import Trainer
 
 log = get_logger(__name__)
-
-
-def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) -> None:
-    """Load G (and D, when its weights are there) from a run or step directory of another run.
-
-    Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
-    else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
-    network's weights do not fit its config here.
-    """
-    from safetensors.torch import load_file
-
-    from gan.train.checkpoint import resolve_resume
-    from gan.inference.loading import strip_wrapper_prefixes
-
-    step = resolve_resume(path, str(path))
-    sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
-    if not sources[0][2].is_file():
-        sources = [(g, "generator", step / "generator.pt")]
-    for net, name, file in sources:
-        if not file.is_file():
-            continue
-        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
-        try:
-            net.load_state_dict(strip_wrapper_prefixes(state))
-        except RuntimeError as e:
-            raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
-                                  f"({first_line(e)[:160]})") from None
-    loaded = " and ".join(name for _, name, file in sources if file.is_file())
-    log.info("initialised the %s from %s; optimizer and schedules start fresh", loaded, step)
-
-
-def cpu_threads(setting: int) -> int:
-    """Intra-op threads for one process: the setting, else $OMP_NUM_THREADS, else the cores left free.
-
-    Free cores: the usable cores minus the load of the last minute (other jobs), shared by
-    this machine's processes of the run. Oversubscribing a busy CPU slows torch's OpenMP
-    kernels 20-40x (17-43 s instead of 0.5 s per demo step on 2 cores), far more than one
-    thread too few costs.
-    """
-    if setting:
-        return setting
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    from gan.data.preprocess import usable_cores
-
-    cores = usable_cores()
-    free = cores - int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else cores
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(cores, free) // max(1, local))
 
 
 # What --set may change when a run resumes; anything else would rewrite the run's history.

@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from discriminators import build_discriminator
 from gan.config import Config, dump_config
+from gan.cpu import cpu_threads
 from gan.data.loader import make_train_loader
 from gan.data.preprocess import ensure_cache
 from gan.errors import first_line
@@ -38,8 +39,8 @@ from gan.losses.reconstruction import GeneratorReconstruction
 from gan.optim.params import build_optimizer, build_scheduler
 from gan.train.backend import build_backend
 from gan.train.checkpoint import CheckpointError, code_version
-from gan.train.checkpointer import Checkpointer, model_config
-from gan.train.gan_step import ADVERSARIAL, PRETRAIN, GANStep, NonFiniteError, PhaseTimer, stage_at
+from gan.train.checkpointer import Checkpointer, load_init_weights, model_config
+from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
 from gan.train.runlog import RunLogger
 from gan.train.validator import Validator
 from generators import build_generator
@@ -64,8 +65,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None, progress: bool = True,
                  init_from: Path | None = None):
-        from gan.train.run import cpu_threads, load_init_weights
-
         t = cfg.trainer
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.backend = build_backend(cfg, self.run_dir)
@@ -109,8 +108,8 @@ class Trainer:
         self._stop_requested = False
         state = self.checkpointer.load(resume, cfg) if resume is not None else None
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint (keeps the step's own)
-        self.log = RunLogger(acc, "tb", cfg.data.sample_rate, purge_step=None if state is None else state["step"] + 1)
-        self.validator = Validator(cfg, self.cache_dir, acc.device, self.log, enabled=self.is_main)
+        self.runlog = RunLogger(acc, "tb", cfg.data.sample_rate, purge_step=None if state is None else state["step"] + 1)
+        self.validator = Validator(cfg, self.cache_dir, acc.device, self.runlog, enabled=self.is_main)
         if state is not None:
             try:
                 self.load_state_dict(state)
@@ -189,7 +188,7 @@ class Trainer:
         """Train to ``trainer.max_steps``: log, validate and save on schedule; SIGTERM / SIGINT save and stop."""
         t, acc = self.cfg.trainer, self.accelerator
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.checkpointer.last_save = time.monotonic()
+        self.checkpointer.restart_clock()
         batches = iter(make_train_loader(self.cache_dir, self.cfg.data, acc.process_index, acc.num_processes,
                                          start_index=self.step * t.grad_accum))
         bar = self._progress_bar()
@@ -200,7 +199,7 @@ class Trainer:
                 self.step += 1
                 window.steps += 1
                 if self.step % t.log_every == 0 or self.step == 1:
-                    self.log.scalars({**logs, **window.throughput(self.samples_per_step, acc.device)}, self.step)
+                    self.runlog.scalars({**logs, **window.throughput(self.samples_per_step, acc.device)}, self.step)
                     window = _Window(self.timer)
                 if bar is not None:
                     bar.update(1)
@@ -219,7 +218,7 @@ class Trainer:
                 signal.signal(s, h)
             if bar is not None:
                 bar.close()
-            self.log.flush()
+            self.runlog.flush()
 
     def close(self) -> None:
         """End the trackers and the process group."""
@@ -229,7 +228,7 @@ class Trainer:
 
     @property
     def timers(self) -> dict[str, float]:
-        """Seconds per phase since the last ``clear()`` (benchmarks)."""
+        """Seconds per phase, summed since the run started (benchmarks clear it between stages)."""
         return self.timer.totals
 
     def _unwrap(self, model) -> torch.nn.Module:
@@ -270,4 +269,4 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-__all__ = ["Trainer", "stage_at", "PRETRAIN", "ADVERSARIAL", "NonFiniteError", "peak_memory_mb"]
+__all__ = ["Trainer", "peak_memory_mb"]

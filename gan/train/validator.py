@@ -24,8 +24,8 @@ AUDIO_EXAMPLES = 4
 
 
 class Validator:
-    def __init__(self, cfg: Config, cache_dir: Path, device: torch.device, log: RunLogger, enabled: bool):
-        self.cfg, self.cache_dir, self.device, self.log, self.enabled = cfg, cache_dir, device, log, enabled
+    def __init__(self, cfg: Config, cache_dir: Path, device: torch.device, runlog: RunLogger, enabled: bool):
+        self.cfg, self.cache_dir, self.device, self.runlog, self.enabled = cfg, cache_dir, device, runlog, enabled
         self.mel = MultiScaleMelLoss(cfg.loss.mel, cfg.data.sample_rate).to(device)
         self.val_set: dict[str, torch.Tensor] | None = None  # loaded on first use
         self.references_logged = False
@@ -54,14 +54,14 @@ class Validator:
             "val/si_sdr": float(sdr_enh.mean()),
             "val/si_sdr_improvement": float((sdr_enh - sdr_deg).mean()),
         }
-        self.log.scalars(out, step)
+        self.runlog.scalars(out, step)
         for i in range(min(AUDIO_EXAMPLES, len(enhanced))):
             if not self.references_logged:
-                self.log.audio(f"audio/{i}/degraded", val["degraded"][i], 0)
-                self.log.audio(f"audio/{i}/clean", val["clean"][i], 0)
-            self.log.audio(f"audio/{i}/enhanced", enhanced[i].cpu(), step)
-            self.log.spectrograms(f"spec/{i}", {"degraded": val["degraded"][i], "enhanced": enhanced[i].cpu(),
+                self.runlog.audio(f"audio/{i}/degraded", val["degraded"][i], 0)
+                self.runlog.audio(f"audio/{i}/clean", val["clean"][i], 0)
+            self.runlog.audio(f"audio/{i}/enhanced", enhanced[i].cpu(), step)
+            self.runlog.spectrograms(f"spec/{i}", {"degraded": val["degraded"][i], "enhanced": enhanced[i].cpu(),
                                                 "clean": val["clean"][i]}, step)
         self.references_logged = True
-        self.log.flush()
+        self.runlog.flush()
         return out
