@@ -20,7 +20,7 @@ from conftest import ROOT  # noqa: E402
 from gan.train import ds  # noqa: E402
 from gan.train.checkpoint import CheckpointError  # noqa: E402
 from gan.config import ConfigError, config_from_dict  # noqa: E402
-from helpers import make_trainer, tiny_dict, write_config
+from helpers import make_loss_nan, make_trainer, tiny_dict, write_config
 
 PY = sys.executable
 # The first CPU DeepSpeed run JIT-compiles a shared-memory all-reduce kernel (minutes on
@@ -163,7 +163,7 @@ def _batches(tr, n):
     return [{k: v.to(dev) for k, v in next(it).items()} for _ in range(n)]
 
 
-def checkpoint_weights(tr):
+def trainer_weights(tr):
     acc = tr.accelerator
     return {f"{net}.{k}": v.detach().clone() for net, m in (("G", tr.G), ("D", tr.D))
             for k, v in acc.unwrap_model(m).state_dict().items()}
@@ -197,7 +197,7 @@ def test_zero_engines_step_like_the_plain_trainer(tiny_data, tmp_path, zero, sta
     assert plain.backend.name == "accelerate"
     batches = _batches(plain, 3 * accum)
     plain_logs = _run_steps(plain, batches, [2, 3, 4], accum)
-    want = checkpoint_weights(plain)
+    want = trainer_weights(plain)
     plain.close()
     _reset_accelerate()
     zero(stage)
@@ -206,9 +206,9 @@ def test_zero_engines_step_like_the_plain_trainer(tiny_data, tmp_path, zero, sta
     assert tr.G.zero_optimization_stage() == stage and tr.D.zero_optimization_stage() == stage
     assert (tr.G.gradient_clipping(), tr.D.gradient_clipping()) == (0.5, 0.05)
     assert tr.G.gradient_accumulation_steps() == accum
-    before = checkpoint_weights(tr)
+    before = trainer_weights(tr)
     logs = _run_steps(tr, batches, [2, 3, 4], accum)
-    got = checkpoint_weights(tr)
+    got = trainer_weights(tr)
     assert any(not torch.equal(before[k], got[k]) for k in got if k.startswith("D."))
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
@@ -226,20 +226,15 @@ def test_zero2_nonfinite_step_is_skipped_and_counted(tiny_data, tmp_path, zero, 
     tr = make_trainer(tiny_data, tmp_path / "run", max_nonfinite_skips=2)
     (batch,) = _batches(tr, 1)
     forward = tr.reconstruction.forward
-
-    def nan_loss(est, ref):
-        total, terms = forward(est, ref)
-        return total * float("nan"), terms
-
-    monkeypatch.setattr(tr.reconstruction, "forward", nan_loss)
-    before = checkpoint_weights(tr)
+    make_loss_nan(tr, monkeypatch)
+    before = trainer_weights(tr)
     logs = tr.train_step([batch])
-    assert all(torch.equal(before[k], v) for k, v in checkpoint_weights(tr).items())
+    assert all(torch.equal(before[k], v) for k, v in trainer_weights(tr).items())
     assert logs["train/skipped/g"] == 1 and tr.gan_step.nonfinite["g"] == 1
     monkeypatch.setattr(tr.reconstruction, "forward", forward)
     tr.train_step([batch])
     assert tr.gan_step.nonfinite["g"] == 0 and tr.gan_step.skipped_total["g"] == 1
-    assert any(not torch.equal(before[k], v) for k, v in checkpoint_weights(tr).items())
+    assert any(not torch.equal(before[k], v) for k, v in trainer_weights(tr).items())
     tr.close()
 
 
@@ -248,9 +243,9 @@ def test_zero2_bf16_autocast_keeps_fp32_weights(tiny_data, tmp_path, zero):
     tr = make_trainer(tiny_data, tmp_path / "run", mixed_precision="bf16")
     (batch,) = _batches(tr, 1)
     tr.step = tr.cfg.trainer.pretrain_steps
-    before = checkpoint_weights(tr)
+    before = trainer_weights(tr)
     logs = tr.train_step([batch])
-    after = checkpoint_weights(tr)
+    after = trainer_weights(tr)
     assert all(v.dtype == torch.float32 for v in after.values())
     assert all(torch.isfinite(torch.tensor(logs[k])) for k in ("train/g/total", "train/d/total"))
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("D."))

@@ -15,7 +15,7 @@ from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
 from gan.train.gan_step import ADVERSARIAL, PRETRAIN, NonFiniteError, stage_at
 from gan.train.trainer import Trainer
-from helpers import PY, assert_same_weights, make_trainer, tiny_dict, write_config
+from helpers import PY, assert_same_weights, make_loss_nan, make_trainer, tiny_dict, write_config
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -109,12 +109,7 @@ def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
     tr = make_trainer(tiny_data, tmp_path / "run", max_nonfinite_skips=2)
     batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
     forward = tr.reconstruction.forward
-
-    def nan_loss(est, ref):
-        total, terms = forward(est, ref)
-        return total * float("nan"), terms
-
-    monkeypatch.setattr(tr.reconstruction, "forward", nan_loss)
+    make_loss_nan(tr, monkeypatch)
     g0 = params(tr.G)
     logs = tr.train_step([batch])
     assert not changed(g0, tr.G)
