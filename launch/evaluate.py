@@ -7,14 +7,15 @@ r"""Score a checkpoint (or compare two) on clean recordings degraded like the tr
         --shifters torchaudio,wsola,librosa --plot matrix.png   # shifter x metric matrix on unseen recordings
     python launch/evaluate.py --checkpoint runs/demo --data data/heldout --html listen/          # listening report
     python launch/evaluate.py --compare runs/a runs/b --data data/heldout --html ab/ --blind     # blind A/B test
-    python launch/evaluate.py --listening-results alice.json bob.json                           # unblinded table
+    python launch/evaluate.py --listening-results alice.json bob.json --blind-key ab.blind-key.json   # unblinded
 
 For every example: metrics of the degraded input and of the enhanced output against the
 clean reference, and the improvement (positive = better). Prints a summary table (mean,
 std, median, min, max) and writes JSON / CSV. ``--compare`` adds a paired t-test,
 Wilcoxon test and 95% CI of the mean difference (B - A) per metric. ``--html DIR`` writes a
 listening report (loudness-matched players, mel spectrograms, metrics); ``--blind`` makes it a
-blind test whose answers files ``--listening-results`` unblinds into a preference table.
+blind test, whose key (``DIR.blind-key.json`` beside the folder, or ``--blind-key``) unblinds
+the listeners' answers files into a preference table (``--listening-results``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--checkpoint", help="run directory, step directory or generator.pt")
     who.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"), help="score two checkpoints, paired")
     who.add_argument("--listening-results", nargs="+", metavar="FILE",
-                     help="answers files of a blind report: print the unblinded preference table (nothing scored)")
+                     help="answers files of a blind report: print the unblinded preference table (nothing scored; "
+                          "needs --blind-key)")
     p.add_argument("--data", help="folder of clean recordings, or a preprocessing cache (required to score)")
     p.add_argument("--degraded-dir", help="folder of the same file names degraded elsewhere (no on-the-fly round trip)")
     p.add_argument("--shift", type=int, nargs="+",
@@ -49,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of per-example improvements (with --shifters: the matrix as a heat map)")
     p.add_argument("--html", metavar="DIR", help="write a listening report here: index.html, audio/, spec/")
     p.add_argument("--blind", action="store_true", help="with --html: a blind A/B test page instead")
-    p.add_argument("--blind-seed", type=int, help="seed of the blind order (default: random, printed)")
-    p.add_argument("--html-audio", default="ogg", choices=("ogg", "mp3"), help="audio files of the report")
+    p.add_argument("--blind-seed", type=int, help="seed of the blind order (default: random; kept in the key)")
+    p.add_argument("--blind-key", metavar="PATH",
+                   help="the blind report's key file: where --blind writes it (default: DIR.blind-key.json beside "
+                        "the folder, never inside it), what --listening-results unblinds with")
+    p.add_argument("--html-audio", choices=("ogg", "mp3"),
+                   help="audio files of the report (default ogg; blind: mp3 at a constant bitrate, A and B one size)")
     p.add_argument("--level-checks", action="store_true",
                    help="also print what the model does to digital silence, a -80 dBFS noise floor and a "
                         "+4 dBFS float input (dB)")
@@ -65,25 +71,30 @@ def _main(argv=None) -> int:
 
     use_cpu_threads()  # a busy CPU: threads for the free cores only
     if args.listening_results:
-        from gan.eval.listening_results import format_preferences, preference_table
+        from gan.eval.listening_results import ListeningResultsError, format_preferences, preference_table
         from gan.eval.report import write_outputs
 
-        table = preference_table(args.listening_results)
-        print(format_preferences(table))
-        write_outputs({"listening_results": table}, args.json)
+        if args.blind_key is None:
+            raise ListeningResultsError("--listening-results needs --blind-key KEY: the key file the blind report "
+                                        "wrote (by default DIR.blind-key.json beside its folder)")
+        row = preference_table(args.listening_results, args.blind_key)
+        print(format_preferences(row))
+        write_outputs({"listening_results": row}, args.json)
         return 0
     if args.data is None:
         parser.error("--data is required with --checkpoint / --compare")
     if args.blind and not args.html:
         parser.error("--blind needs --html DIR")
+    if args.blind_key and not args.blind:
+        parser.error("--blind-key needs --blind (or --listening-results)")
 
     from gan.errors import UnshiftError
     from gan.eval.evaluation import evaluate
     from gan.eval.listening import ListeningReport
     from gan.eval.report import format_matrix, format_table, plot_improvements, plot_matrix, write_outputs
 
-    writer = (ListeningReport(args.html, blind=args.blind, seed=args.blind_seed, audio_format=args.html_audio)
-              if args.html else None)
+    writer = (ListeningReport(args.html, blind=args.blind, seed=args.blind_seed, audio_format=args.html_audio,
+                              key_path=args.blind_key) if args.html else None)
     try:
         report = evaluate(args.compare or [args.checkpoint], args.data, shifts=args.shift,
                           degraded_dir=args.degraded_dir, split=args.split,
@@ -111,8 +122,10 @@ def _main(argv=None) -> int:
                   f"({checks['hot_source']}) -> {checks['hot_peak_change_db']:+.2f} dB")
     if writer:
         page = writer.finish(report)
-        print(f"listening report: {page}" + (f" (blind order seed {writer.seed}, report id "
-                                             f"{report['listening']['report_id']})" if args.blind else ""))
+        print(f"listening report: {page}" + (f" (blind, report id {report['listening']['report_id']})"
+                                             if args.blind else ""))
+        if args.blind:
+            print(f"blind key: {writer.key_path} (unblinds the answers: keep it from the listeners)")
     write_outputs(report, args.json, args.csv)
     if args.plot:
         (plot_matrix if "matrix" in report else plot_improvements)(report, args.plot)

@@ -17,29 +17,39 @@ every peak at the ceiling, and its section says so. Nothing is clipped, and a lo
 version never sounds better by accident. Metrics and the JSON report are of the unscaled
 audio; the spectrograms show what is played.
 
-**Blind mode** (``blind=True``): per example the page plays the two versions compared
-(degraded vs enhanced with one checkpoint, enhanced A vs enhanced B with two) as "A" and
-"B" in an order drawn from ``numpy.random.default_rng(seed)``, with the clean reference,
-and asks which is closer to it. The audio files are named by the blind letters, and the
-page shows no metrics or spectrograms. The listener downloads an answers file that
-``gan.eval.listening_results`` unblinds; ``report["listening"]["order"]`` keeps the order
-for the experimenter.
+**Blind mode** (``blind=True``): per example the page plays the two versions compared, X
+and Y (degraded vs enhanced with one checkpoint, enhanced A vs enhanced B with two), as "A"
+and "B" in the order ``blind_order(seed, example)``, with the clean reference, and asks
+which is closer to it. Nothing in the folder depends on the order but the audio itself: the
+page holds per example a random token (``secrets.token_hex``, not derived from anything),
+the report id is random too, the audio files are named by the letters, written in letter
+order and given one modification time, and MP3 (the blind default) is written at a constant
+bitrate, so A and B of an example have the same size (Ogg Vorbis is variable-bitrate: its
+sizes follow the content). The order of every token, the labels of X and Y and the seed go
+to the key file (``gan.eval.listening_results``), outside the folder: ``<DIR>.blind-key.json``
+by default. The listener downloads an answers file that the key unblinds.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import math
+import os
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from gan.errors import UnshiftError
-from gan.eval.listening_results import ORDERS, blind_key
+from gan.eval.listening_results import KEY_FORMAT, KEY_VERSION, ORDERS, default_key_path
+from gan.log import get_logger
+
+log = get_logger(__name__)
 
 RATE = 48000
 TARGET_LUFS = -23.0  # EBU R 128 programme loudness
@@ -47,7 +57,7 @@ PEAK_CEILING_DB = -1.0  # dBFS sample peak: 1 dB of room for the lossy codec's o
 GATE_BLOCK_S = 0.4  # BS.1770 gating block
 AUDIO_FORMATS = {  # name -> (soundfile format, subtype, compression level: 0 = best quality)
     "ogg": ("OGG", "VORBIS", 0.1),
-    "mp3": ("MP3", "MPEG_LAYER_III", 0.1),
+    "mp3": ("MP3", "MPEG_LAYER_III", 0.1),  # blind: constant bitrate, 320 kbit/s
 }
 REPORT_FILES = ("index.html", "audio", "spec")
 
@@ -134,23 +144,47 @@ def _tag(version: str) -> str:
     return version.replace(" ", "_")
 
 
+def blind_order(seed: int, example: int) -> str:
+    """The order example ``example`` of a blind page with ``seed`` plays X and Y in: ``"xy"`` (A is X) or ``"yx"``.
+
+    A function of the two alone (``numpy.random.default_rng([seed, example])``), however the
+    examples are streamed.
+    """
+    return ORDERS[int(np.random.default_rng([seed, example]).integers(2))]
+
+
 class ListeningReport:
     """Writes a listening report folder while ``evaluate`` runs (``add``), and its page at the end (``finish``).
 
     ``folder`` must be new, empty or an earlier report (whose audio and images are replaced);
-    anything else raises ``ListeningReportError`` before any work is done. ``seed`` fixes the
-    blind order (None: a random seed, kept in ``self.seed``).
+    anything else raises ``ListeningReportError`` before any work is done. Blind:
+    ``seed`` (>= 0) fixes the order (None: a random seed), ``key_path`` is where the key
+    goes (None: ``<folder>.blind-key.json``; never inside ``folder``), ``audio_format``
+    None is MP3 (Ogg Vorbis for a full report). ``token_hex(nbytes)`` draws the report id
+    and the page's tokens.
     """
 
     def __init__(self, folder: str | Path, blind: bool = False, seed: int | None = None,
-                 target_lufs: float = TARGET_LUFS, audio_format: str = "ogg"):
+                 target_lufs: float = TARGET_LUFS, audio_format: str | None = None,
+                 key_path: str | Path | None = None, token_hex: Callable[[int], str] = secrets.token_hex):
+        audio_format = audio_format or ("mp3" if blind else "ogg")
         if audio_format not in AUDIO_FORMATS:
             raise ListeningReportError(f"audio format {audio_format!r}: unknown; use one of {list(AUDIO_FORMATS)}")
         self.folder, self.blind, self.target = Path(folder), blind, float(target_lufs)
         self.seed = int(seed) if seed is not None else secrets.randbits(32)
-        self.audio_format = audio_format
-        self._rng = np.random.default_rng(self.seed)
+        if self.seed < 0:
+            raise ListeningReportError(f"--blind-seed {self.seed}: negative; give an integer >= 0")
+        self.audio_format, self.token_hex = audio_format, token_hex
+        self.key_path = Path(key_path) if key_path is not None else default_key_path(self.folder)
         self.examples: list[dict] = []
+        if blind and self.key_path.resolve().is_relative_to(self.folder.resolve()):
+            raise ListeningReportError(f"--blind-key {self.key_path}: inside the report folder, which goes to the "
+                                       "listeners; give a path outside it")
+        if blind and self.key_path.is_dir():
+            raise ListeningReportError(f"--blind-key {self.key_path}: is a folder; give a file path for the key")
+        if blind and audio_format == "ogg":
+            log.warning("note: blind page in Ogg Vorbis: file sizes follow the content, so A's and B's may differ; "
+                        "--html-audio mp3 writes them at one size")
         if self.folder.exists() and not self.folder.is_dir():
             raise ListeningReportError(f"--html {self.folder}: is a file; give a folder for the report")
         stray = [p.name for p in self.folder.iterdir() if p.name not in REPORT_FILES] if self.folder.is_dir() else []
@@ -170,20 +204,21 @@ class ListeningReport:
                 "shift": ex.shift, "seconds": len(ex.clean) / RATE, "rows": rows}
         if self.blind:
             x, y = ("degraded", "enhanced A") if len(outputs) == 1 else ("enhanced A", "enhanced B")
-            item["order"] = ORDERS[int(self._rng.integers(2))]
+            item["order"] = blind_order(self.seed, k)
             a, b = (x, y) if item["order"] == "xy" else (y, x)
-            item["x"], item["y"] = x, y
-            play = {"ref": "clean", "a": a, "b": b}  # file tag -> version: the names give nothing away
+            item["x"], item["y"], item["token"] = x, y, self.token_hex(8)
+            play = {"ref": "clean", "a": a, "b": b}  # file tag -> version, written in this order whatever the order
         else:
             play = {_tag(v): v for v in versions}
         matched = match_loudness({v: versions[v] for v in play.values()}, self.target)
         fmt, subtype, level = AUDIO_FORMATS[self.audio_format]
+        constant = {"bitrate_mode": "CONSTANT"} if self.blind and fmt == "MP3" else {}  # size independent of content
         item["audio"] = {}
         for tag, version in play.items():
             rel = f"audio/{k:04d}_{tag}.{self.audio_format}"
             scaled = versions[version] * 10 ** (matched.gain_db[version] / 20)
             sf.write(self.folder / rel, scaled.astype(np.float32), RATE, format=fmt, subtype=subtype,
-                     compression_level=level)
+                     compression_level=level, **constant)
             item["audio"][tag] = {"src": rel, "version": version, "lufs": matched.loudness[version],
                                   "gain_db": matched.gain_db[version]}
         item["target"], item["lowered"] = matched.target, matched.lowered
@@ -193,29 +228,35 @@ class ListeningReport:
                       self.folder / item["image"])
         self.examples.append(item)
 
-    def report_id(self, report: dict) -> str:
-        """12 hex digits naming this report: its seed, data, checkpoints and examples."""
-        text = "|".join([str(self.seed), str(report.get("data")), *(c["path"] for c in report["checkpoints"].values()),
-                         *(e["name"] for e in self.examples)])
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
     def finish(self, report: dict) -> Path:
-        """Write ``index.html`` for the evaluation ``report``; adds ``report["listening"]``; returns the page's path."""
-        from gan.eval.listening_page import render_blind, render_report
+        """Write ``index.html`` (and a blind page's key) for the evaluation ``report``; adds ``report["listening"]``.
 
-        rid = self.report_id(report)
+        Returns the page's path. A blind report's key goes to ``self.key_path`` before the
+        page; ``report["listening"]`` names the key's path, never the order or the seed.
+        """
+        from gan.eval.listening_page import describe, render_blind, render_report
+
+        rid = self.token_hex(6)
         meta = {"report_id": rid, "target": self.target, "ceiling": PEAK_CEILING_DB, "format": self.audio_format}
+        path = self.folder / "index.html"
         if self.blind:
-            for e in self.examples:
-                e["key"] = blind_key(rid, e["k"], e["order"])
+            first = self.examples[0]
+            key = {"format": KEY_FORMAT, "version": KEY_VERSION, "report_id": rid, "seed": self.seed,
+                   "page": str(path.resolve()), "x": describe(first["x"], report), "y": describe(first["y"], report),
+                   "examples": {e["token"]: {"example": e["k"], "name": e["name"], "order": e["order"]}
+                                for e in self.examples}}
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            self.key_path.write_text(json.dumps(key, indent=1), encoding="utf-8")
             page = render_blind(report, self.examples, meta)
+            now = time.time()  # one modification time: the order the files were written in shows nothing
+            for f in (self.folder / "audio").iterdir():
+                os.utime(f, (now, now))
         else:
             page = render_report(report, self.examples, meta)
-        path = self.folder / "index.html"
         path.write_text(page, encoding="utf-8")
         report["listening"] = {"page": str(path), "report_id": rid, "blind": self.blind, "target_lufs": self.target,
                                "examples": len(self.examples),
                                "lowered": {e["name"]: e["target"] for e in self.examples if e["lowered"]}}
         if self.blind:
-            report["listening"].update(seed=self.seed, order={e["k"]: e["order"] for e in self.examples})
+            report["listening"]["key"] = str(self.key_path)
         return path

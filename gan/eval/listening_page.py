@@ -4,9 +4,10 @@
 the top, then per example the loudness-matched players, the mel spectrograms and the
 metrics with better / worse marked. ``render_blind``: per example the reference and the
 two compared versions as "A" and "B", a choice, and a link that saves the answers as JSON
-(a Blob; the format is ``gan.eval.listening_results``). CSS and JS are inline; players
-load nothing until played (``preload="none"``) and images load when scrolled to
-(``loading="lazy"``), so a page of a few hundred examples opens at once.
+(a Blob; the format is ``gan.eval.listening_results``); per example it holds only the
+name, the audio files by letter and a random token, nothing the order could be read from.
+CSS and JS are inline; players load nothing until played (``preload="none"``) and images
+load when scrolled to (``loading="lazy"``), so a page of a few hundred examples opens at once.
 """
 from __future__ import annotations
 
@@ -39,11 +40,11 @@ JS_PLAYERS = """document.addEventListener('play', e => {
 JS_BLIND = """
 const data = JSON.parse(document.getElementById('blind-data').textContent);
 function answers() {
-  return {format: data.format, version: data.version, report_id: data.report_id, x: data.x, y: data.y,
+  return {format: data.format, version: data.version, report_id: data.report_id,
     listener: document.getElementById('listener').value, saved: new Date().toISOString(),
     answers: data.examples.map(e => {
       const c = document.querySelector('input[name="q' + e.example + '"]:checked');
-      return {example: e.example, name: e.name, key: e.key, answer: c ? c.value : null};
+      return {example: e.example, name: e.name, token: e.token, answer: c ? c.value : null};
     })};
 }
 document.addEventListener('change', () => {
@@ -205,10 +206,13 @@ def _script_json(obj) -> str:
 
 
 def render_blind(report: dict, examples: list[dict], meta: dict) -> str:
-    """The blind page: per example reference, A, B and a choice; answers saved as JSON. Shows no metrics."""
-    x, y = describe(examples[0]["x"], report), describe(examples[0]["y"], report)
-    data = {"format": FORMAT, "version": VERSION, "report_id": meta["report_id"], "x": x, "y": y,
-            "examples": [{"example": e["k"], "name": e["name"], "key": e["key"]} for e in examples]}
+    """The blind page: per example reference, A, B and a choice; answers saved as JSON. Shows no metrics.
+
+    Reads of each example only ``k``, ``name``, ``seconds``, ``target``, ``lowered``, the
+    audio files' ``src`` and ``token``; of X and Y only what they are, in a fixed order.
+    """
+    data = {"format": FORMAT, "version": VERSION, "report_id": meta["report_id"],
+            "examples": [{"example": e["k"], "name": e["name"], "token": e["token"]} for e in examples]}
     sections = []
     for e in examples:
         players = "".join(PLAYER.format(label=label, src=escape(e["audio"][tag]["src"]), extra="")
