@@ -113,7 +113,12 @@ def audio_blocks(path: str | Path, start: int = 0, stop: int | None = None,
     (callers that need ``stop - start`` frames check the count). Raises ``AudioError``
     naming the file when it cannot be opened or decoding fails.
     """
-    header = _header(path)
+    return _blocks(path, _header(path), start, stop, size)
+
+
+def _blocks(path: str | Path, header, start: int = 0, stop: int | None = None,
+            size: int = READ_BLOCK) -> Iterator[np.ndarray]:
+    """``audio_blocks`` with the header already read."""
     pos = start
     try:
         for a, block in _decoded(path, header, start, size):
@@ -143,7 +148,7 @@ def audio_info(path: str | Path, note: Callable[[str], None] = _stderr) -> Audio
     """
     header = _header(path)
     frames, peak = 0, 0.0
-    for block in audio_blocks(path):
+    for block in _blocks(path, header):
         frames += block.shape[1]
         if block.size:
             peak = max(peak, float(np.abs(block).max()))  # a NaN block leaves the peak as it was
@@ -161,7 +166,7 @@ def read_audio(path: str | Path, start: int = 0, stop: int | None = None,
     Raises ``AudioError`` naming the file.
     """
     header = _header(path)
-    blocks = list(audio_blocks(path, start, stop))
+    blocks = list(_blocks(path, header, start, stop))
     audio = np.concatenate(blocks, axis=1) if blocks else np.zeros((header.channels, 0), np.float32)
     if start == 0 and stop is None:
         _note_length(path, header.frames, audio.shape[1], note)

@@ -64,19 +64,24 @@ def _load_json(path: Path, what: str, hint: str):
         raise ListeningResultsError(f"{what} {path}: not JSON ({str(e).splitlines()[0]}); {hint}") from None
 
 
+def _load_versioned(path: Path, what: str, kind: str, fmt: str, version: int, hint: str):
+    """``(doc, need)``: the JSON at ``path`` after checking its ``format`` and ``version``; ``need(cond, why)``
+    raises the one-line ``ListeningResultsError`` for a later field check."""
+    doc = _load_json(path, what, hint)
+
+    def need(cond: bool, why: str) -> None:
+        if not cond:
+            raise ListeningResultsError(f"{what} {path}: {why}; {hint}")
+
+    need(isinstance(doc, dict) and doc.get("format") == fmt, f"not {kind} (no \"format\": \"{fmt}\")")
+    need(doc.get("version") == version, f"version {doc.get('version')!r}, this reader knows {version}")
+    return doc, need
+
+
 def read_key(path: str | Path) -> dict:
     """A blind report's key file, checked field by field. Raises ``ListeningResultsError``."""
-    path = Path(path)
-    hint = "give the .blind-key.json file the blind report wrote beside its folder"
-    doc = _load_json(path, "blind key", hint)
-
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise ListeningResultsError(f"blind key {path}: {what}; {hint}")
-
-    need(isinstance(doc, dict) and doc.get("format") == KEY_FORMAT,
-         f"not a blind key (no \"format\": \"{KEY_FORMAT}\")")
-    need(doc.get("version") == KEY_VERSION, f"version {doc.get('version')!r}, this reader knows {KEY_VERSION}")
+    doc, need = _load_versioned(Path(path), "blind key", "a blind key", KEY_FORMAT, KEY_VERSION,
+                                "give the .blind-key.json file the blind report wrote beside its folder")
     for field in ("report_id", "x", "y"):
         need(isinstance(doc.get(field), str) and doc[field] != "", f"'{field}' is missing or not a string")
     need(isinstance(doc.get("examples"), dict) and doc["examples"], "'examples' is missing or empty")
@@ -88,16 +93,8 @@ def read_key(path: str | Path) -> dict:
 
 def read_answers(path: str | Path) -> dict:
     """One answers file, checked field by field (not yet against a key). Raises ``ListeningResultsError``."""
-    path = Path(path)
-    doc = _load_json(path, "answers", ANSWERS_HINT)
-
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise ListeningResultsError(f"answers {path}: {what}; {ANSWERS_HINT}")
-
-    need(isinstance(doc, dict) and doc.get("format") == FORMAT,
-         f"not a listening-test answers file (no \"format\": \"{FORMAT}\")")
-    need(doc.get("version") == VERSION, f"version {doc.get('version')!r}, this reader knows {VERSION}")
+    doc, need = _load_versioned(Path(path), "answers", "a listening-test answers file", FORMAT, VERSION,
+                                ANSWERS_HINT)
     need(isinstance(doc.get("report_id"), str) and doc["report_id"] != "", "'report_id' is missing or not a string")
     need(isinstance(doc.get("answers"), list), "'answers' is missing or not a list")
     for i, a in enumerate(doc["answers"]):

@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from discriminators import build_discriminator
 from gan.config import Config, dump_config
-from gan.cpu import cpu_threads
+from gan.cpu import use_cpu_threads
 from gan.data.loader import make_train_loader
 from gan.data.preprocess import ensure_cache
 from gan.errors import first_line
@@ -70,8 +70,7 @@ class Trainer:
         self.backend = build_backend(cfg, self.run_dir)
         acc = self.accelerator = self.backend.accelerator
         self.is_main = acc.is_main_process
-        if acc.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(t.threads))
+        use_cpu_threads(t.threads)  # on the CPU: the free cores only
         self.checkpointer = Checkpointer(self.run_dir, t, self.backend)
         if resume is None and self.checkpointer.files.steps():  # checked before any expensive work
             raise CheckpointError(f"run directory {run_dir} already holds checkpoints; continue it with "
