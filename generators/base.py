@@ -17,7 +17,7 @@ from .receptive import Span, conv_span, receptive_field, repeat_span
 
 
 class Generator(nn.Module):
-    """Subclasses set ``self.cfg`` (with ``total_stride``) and implement ``forward`` and ``input_span``."""
+    """Subclasses set ``self.cfg`` (with ``total_stride`` and the U-Net's own ``unet_stride``) and implement ``forward`` and ``input_span``."""
 
     def input_span(self, s: Span) -> Span:
         """Input samples that output samples ``s`` depend on (signal boundaries ignored)."""
@@ -39,21 +39,21 @@ class Generator(nn.Module):
         bottleneck frame; it starts at zero, so the gain starts at exactly 1."""
         self.gain_head = conv
         self.zero_output(conv)
-        n = self.cfg.total_stride
+        n = self.cfg.unet_stride
         tri = torch.cat([torch.arange(1, n + 1), torch.arange(n - 1, 0, -1)]).float() / n**2  # sums to 1
         self.register_buffer("gain_smoothing", tri.view(1, 1, -1), persistent=False)  # (1, 1, 2n - 1)
 
     def gain_envelope(self, bottom: torch.Tensor) -> torch.Tensor:
         """Bottleneck ``(B, C, T' / S)`` -> ``a`` ``(B, 1, T')``: one value per frame, held for its ``S``
         samples, then smoothed by a triangle two frames wide (piecewise linear between frames)."""
-        n = self.cfg.total_stride
+        n = self.cfg.unet_stride
         a = torch.repeat_interleave(self.gain_head(bottom), n, dim=-1)  # (B, 1, T')
         a = F.pad(a, (n - 1, n - 1), mode="replicate")
         return F.conv1d(a, self.gain_smoothing.to(a.dtype))  # (B, 1, T')
 
     def gain_frames_span(self, s: Span) -> Span:
         """Span on the bottleneck features of a span on the gain envelope."""
-        n = self.cfg.total_stride
+        n = self.cfg.unet_stride
         return conv_span(repeat_span(conv_span(s, 2 * n - 1, 1, n - 1), n), 3, 1, 1)
 
     def num_params(self) -> int:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .band_gain import BandGain, BandGainConfig
 from .base import Generator
 from .layers import DownBlock, ResidualUnit, SkipMode, Snake1d, UpBlock, WNConv1d, units_span
 from .receptive import Span, conv_span, patch_span, repeat_span, union
@@ -50,6 +51,7 @@ class DacUNetConfig:
     output_activation: Literal["tanh", "none"] = "tanh"  # on the output, or on the correction when residual
     residual: bool = False  # y = x + G(x), last conv zero-initialised: an untrained model is the identity
     gain_path: bool = False  # residual only: y = x (1 + a) + G(x), a smooth gain envelope from the bottleneck
+    band_gain: Optional[BandGainConfig] = None  # residual only: band gains from a degradation encoder first
 
     def __post_init__(self):
         if not self.strides or any(s < 2 for s in self.strides):
@@ -64,6 +66,8 @@ class DacUNetConfig:
             raise ValueError("patch_size: must be >= 1")
         if self.gain_path and not self.residual:
             raise ValueError("gain_path: needs residual: true (the gain scales the input that is passed through)")
+        if self.band_gain is not None and not self.residual:
+            raise ValueError("band_gain: needs residual: true (the U-Net corrects the band-gained input)")
 
     @property
     def widths(self) -> list[int]:
@@ -71,6 +75,12 @@ class DacUNetConfig:
 
     @property
     def total_stride(self) -> int:
+        """Inputs are padded to, and chunks start on, multiples of this (the band gains' hop divides it)."""
+        stride = self.patch_size * math.prod(self.strides)
+        return math.lcm(stride, self.band_gain.hop) if self.band_gain is not None else stride
+
+    @property
+    def unet_stride(self) -> int:
         return self.patch_size * math.prod(self.strides)
 
 
@@ -93,12 +103,15 @@ class DacUNet(Generator):
         if cfg.residual:
             self.zero_output(self.head[1])
         self.gain_head = None
+        self.band_gain = BandGain(cfg.band_gain) if cfg.band_gain is not None else None
         if cfg.gain_path:
             self.build_gain_path(widths[-1], WNConv1d(widths[-1], 1, kernel_size=3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         length = x.shape[-1]
         p = self.cfg.patch_size
+        if self.band_gain is not None:
+            x = self.band_gain(x)  # band gains first; the U-Net corrects what they leave
         h = F.pad(x, (0, -length % self.cfg.total_stride))
         h = rearrange(h, "b 1 (t p) -> b p t", p=p)  # patching: P consecutive samples -> P channels
         h = self.stem(h)  # -> (B, C0, L0)
@@ -147,4 +160,6 @@ class DacUNet(Generator):
         s = patch_span(conv_span(s, 7, 1, 3), p)  # stem conv, patch
         if self.gain_head is not None:
             s = union(s, self._bottleneck_span(self.gain_frames_span(out)))
+        if self.band_gain is not None:
+            s = self.band_gain.input_span(union(s, out))  # the U-Net reads, and passes on, the band-gained input
         return s

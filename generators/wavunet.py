@@ -50,6 +50,10 @@ class WavUNetConfig:
     def total_stride(self) -> int:
         return self.scale ** (len(self.widths) - 1)
 
+    @property
+    def unet_stride(self) -> int:
+        return self.total_stride
+
 
 def _conv(cfg: WavUNetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv1d:
     conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=padding)

@@ -4,7 +4,10 @@ Trains ``--config`` (with ``--set`` overrides) for ``--steps`` generator-only st
 every ``--every`` steps, scores its EMA generator on clean recordings it never saw
 (``--heldout``, first ``--seconds`` of each), round-tripped by each of ``--shifters``
 and ``--shift``: the relative improvement of the mean mel distance, LSD and MR-STFT
-distance per (shifter, shift), in % (positive = closer to the clean reference). The
+distance per (shifter, shift), in % (positive = closer to the clean reference), and the
+same for the level-matched baselines: ``level`` is what one oracle gain per example buys
+(the input matched in energy to the reference), ``beyond`` how much closer the model's
+output matched the same way is than that (restoration beyond level). The
 quick probe behind the experiments table; ``launch/evaluate.py --shifters`` gives the
 full matrix with significance for a finished run.
 """
@@ -25,23 +28,35 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=900)
     p.add_argument("--every", type=int, default=300)
     p.add_argument("--heldout", default="data/heldout", help="folder of clean recordings the run never sees")
-    p.add_argument("--shifters", default="torchaudio,wsola,librosa,rubberband")
-    p.add_argument("--shift", type=int, nargs="+", default=[12, -5])
+    p.add_argument("--shifters", default="torchaudio,signalsmith,wsola,librosa,rubberband")
+    p.add_argument("--shift", type=int, nargs="+", default=[12, -5, 0])
     p.add_argument("--seconds", type=float, default=4.0)
 
 
-def _score(g: torch.nn.Module, examples: list, suite) -> dict:
+def _score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
+    """Per (shifter, shift) tag and metric: % change of the mean distance, model vs input (``model``),
+    gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``)."""
+    from gan.eval.level import oracle_gain
+
     sums: dict[tuple, list] = {}
     with torch.no_grad():
-        for ex in examples:
-            enhanced = g(torch.from_numpy(ex.degraded)[None, None])[0, 0]
-            before, after = suite.score(ex.clean, ex.degraded), suite.score(ex.clean, enhanced)
+        for i, ex in enumerate(examples):
+            enhanced = g(torch.from_numpy(ex.degraded)[None, None])[0, 0].numpy()
+            if i not in baselines:  # the input's scores do not change during training
+                matched = ex.degraded * oracle_gain(ex.degraded, ex.clean)
+                baselines[i] = suite.score(ex.clean, ex.degraded), suite.score(ex.clean, matched)
+            before, level = baselines[i]
+            after = suite.score(ex.clean, enhanced)
+            after_matched = suite.score(ex.clean, enhanced * oracle_gain(enhanced, ex.clean))
             for name in suite.names:
-                sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append((before[name], after[name]))
+                sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append(
+                    (before[name], after[name], level[name], after_matched[name]))
     out: dict[str, dict] = {}
-    for (tag, name), pairs in sums.items():
-        a = np.asarray(pairs)
-        out.setdefault(tag, {})[name] = round(100 * (a[:, 0].mean() - a[:, 1].mean()) / a[:, 0].mean(), 2)
+    for (tag, name), rows in sums.items():
+        m = np.asarray(rows).mean(axis=0)
+        change = lambda ref, new: round(100 * (ref - new) / ref, 2) if ref > 0 else 0.0  # noqa: E731
+        out.setdefault(tag, {})[name] = {"model": change(m[0], m[1]), "level": change(m[0], m[2]),
+                                         "beyond": change(m[2], m[3])}
     return out
 
 
@@ -64,6 +79,7 @@ def run(args) -> dict:
         tr = Trainer(cfg, run_dir, progress=False)
         batches = iter(make_train_loader(tr.cache_dir, cfg.data, 0, 1))
         start = time.perf_counter()
+        baselines: dict = {}
         for i in range(args.steps):
             tr.train_step(tr.next_micro_batches(batches), stage=PRETRAIN)
             tr.step += 1
@@ -71,7 +87,7 @@ def run(args) -> dict:
                 g = tr.generator_for_inference()
                 was = g.training
                 g.eval()
-                out["curve"][i + 1] = _score(g, examples, suite)
+                out["curve"][i + 1] = _score(g, examples, suite, baselines)
                 g.train(was)
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         tr.close()

@@ -1,0 +1,113 @@
+"""Band gains from a degradation encoder (generators/band_gain.py): band weights, the identity start,
+a known gain, the exact receptive field, the config section, and chunked = whole-file inference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import generators
+from gan.config import load_config
+from generators.band_gain import BandGain, BandGainConfig, band_weights
+from helpers import enhancer, rel_db
+from tiny_configs import single_thread, tiny_dac_unet
+
+TINY_BAND = BandGainConfig(n_fft=64, hop=16, n_bands=6, channels=4, context_seconds=6 * 16 / 48000)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.mark.parametrize("n_fft, n_bands", [(1024, 32), (64, 6), (2048, 80)])
+def test_band_weights_sum_to_one_in_every_bin(n_fft, n_bands):
+    w = band_weights(n_fft, n_bands)
+    assert w.shape == (n_fft // 2 + 1, n_bands)
+    assert (w >= 0).all()
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(n_fft // 2 + 1), rtol=0, atol=1e-6)
+    assert (w.sum(dim=0) > 0).all()  # every band reaches some bin
+    centres = (w * torch.arange(n_fft // 2 + 1)[:, None]).sum(0) / w.sum(0)
+    assert (centres.diff() > 0).all()  # bands run low to high
+
+
+def test_starts_as_the_identity_exactly():
+    torch.manual_seed(0)
+    m = BandGain(TINY_BAND)
+    x = torch.randn(2, 1, 999) * 0.3
+    assert torch.equal(m(x), x)
+
+
+@pytest.mark.parametrize("db", [6.0, -12.0, 30.0])
+def test_a_constant_band_gain_is_that_gain_bounded(db):
+    """Every band at g dB scales the signal by g dB (the ISTFT of a Hann STFT at hop n/4 is exact), and
+    a gain past max_gain_db is bounded by the tanh to less than the bound."""
+    m = BandGain(TINY_BAND)
+    with torch.no_grad():
+        m.to_gain[-1].bias.fill_(db * math.log(10) / 20)
+    x = torch.randn(1, 1, 2000, dtype=torch.float64).float()
+    limit = TINY_BAND.max_gain_db * math.log(10) / 20
+    expected = math.exp(limit * math.tanh(db * math.log(10) / 20 / limit))
+    torch.testing.assert_close(m(x), x * expected, rtol=1e-4, atol=1e-5)
+    assert expected < 10 ** (TINY_BAND.max_gain_db / 20)
+
+
+def test_silence_stays_silent():
+    torch.manual_seed(0)
+    m = BandGain(TINY_BAND)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    assert torch.equal(m(torch.zeros(1, 1, 500)), torch.zeros(1, 1, 500))
+
+
+def _random_start(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("where", ["band_gain", "dac_unet"])
+def test_receptive_field_matches_gradient_support(where):
+    """The analytic input span of output samples equals where their gradient is non-zero."""
+    cfg = tiny_dac_unet(dilations=[1], residual=True, output_activation="none", band_gain=TINY_BAND)
+    g = _random_start(generators.build_generator(cfg)).double()
+    model, period = (g.band_gain, TINY_BAND.hop) if where == "band_gain" else (g, cfg.total_stride)
+    span = model.input_span((0, 0))
+    length = 4 * (span[1] - span[0]) + 8 * period
+    mid = length // 2 - (length // 2) % period
+    for t in (0, 5, period - 1):
+        x = torch.randn(1, 1, length, dtype=torch.float64, requires_grad=True)
+        model(x)[0, 0, mid + t].backward()
+        support = x.grad[0, 0].nonzero().flatten()
+        assert (int(support.min()), int(support.max())) == model.input_span((mid + t, mid + t))
+
+
+def test_total_stride_is_a_multiple_of_the_hop():
+    cfg = tiny_dac_unet(residual=True, band_gain=BandGainConfig(hop=256))
+    assert cfg.unet_stride == 16 and cfg.total_stride == 256
+
+
+def test_chunked_equals_whole():
+    cfg = tiny_dac_unet(residual=True, gain_path=True, output_activation="none", band_gain=TINY_BAND)
+    model = _random_start(generators.build_generator(cfg))
+    enh = enhancer(model, cfg, chunk_seconds=1600 / 48000, batch_size=2)
+    x = (torch.randn(1, 6 * 1600 + 77) * 0.3).clamp(-0.9, 0.9)
+    with torch.inference_mode():
+        whole = model(x[:, None])[:, 0]
+    assert rel_db(enh.enhance(x), whole) < -60
+    enh.context = 0  # no context leaves seams
+    assert rel_db(enh.enhance(x), whole) > -60
+
+
+def test_config_section_and_its_errors():
+    cfg = load_config("cpu", ["generator.band_gain={n_bands: 16}"])
+    assert cfg.generator.band_gain == BandGainConfig(n_bands=16)
+    with pytest.raises(ValueError, match="band_gain.hop"):
+        BandGainConfig(n_fft=1024, hop=300)
+    with pytest.raises(ValueError, match="band_gain: needs residual"):
+        tiny_dac_unet(band_gain=BandGainConfig())
