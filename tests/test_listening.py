@@ -172,6 +172,30 @@ def test_report_folder_holding_other_files_is_refused_before_any_work(tmp_path, 
     assert "--blind needs --html DIR" in capsys.readouterr().err
 
 
+def test_report_shows_the_gain_matched_input_and_what_lies_beyond_level(tmp_path, registry):  # noqa: F811
+    """Input at half the level, the identity as model: the page's summary says all of the change is level (+100 %)
+    and nothing lies beyond it; each example lists the gain-matched input's metrics and the oracle gain (+6.0 dB),
+    and plays the same versions as before (the gain-matched input would sound as the degraded one)."""
+    from html import unescape
+
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    clean = make_folder(tmp_path / "clean", files=2)
+    (tmp_path / "deg").mkdir()
+    for f in clean.iterdir():
+        x, sr = sf.read(f)
+        sf.write(tmp_path / "deg" / f.name, 0.5 * x, sr, subtype="FLOAT")
+    out = tmp_path / "report"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "a"), "--data", str(clean), "--degraded-dir",
+                          str(tmp_path / "deg"), "--metrics", "lsd", "--html", str(out), "--quiet"]) == 0
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text())).split())
+    row = re.search(r"input gm input level output gm output beyond level lsd ((\S+ ){6}abs)", text)
+    assert row.group(1).split() == ["0.6021", "0", "+100.0%", "0.6021", "0", "+0.0000", "abs"]  # 2 log10(2)
+    assert text.count("gain-matched input A beyond level") == 2
+    assert text.count("oracle gain of the input: 2 (+6.0 dB)") == 2
+    assert "2 examples cannot reach p < 0.01" in text
+    assert len(list((out / "audio").iterdir())) == 2 * 3  # clean, degraded, enhanced A
+
+
 def blind_report(folder, seed, token_hex=None, n=4):
     """A blind page of ``n`` short examples (degraded vs checkpoint A's output) written without evaluating."""
     rng = np.random.default_rng(0)
