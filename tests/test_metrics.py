@@ -215,6 +215,7 @@ def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_pa
     assert math.isnan(cells[("none", "0")]["metrics"]["mel"]["level_rel"])  # clean input: nothing to change
     text = format_matrix(report)
     assert "wsola*" in text and "torchaudio " in text and "abs" in text
+    assert "note: some cells: 3 examples cannot reach p < 0.01 (the smallest one-sided Wilcoxon p is 2^-3" in text
     head = next(ln for ln in text.splitlines() if ln.startswith("shifter"))
     assert head.split() == ["shifter", "shift", "n", "lsd", "lsd", "level", "lsd", "beyond", "mel", "mel", "level",
                             "mel", "beyond"]
@@ -303,3 +304,71 @@ def test_level_only_change_is_all_level_nothing_beyond(tmp_path, registry):  # n
     lsd = lines[head + 1].split()
     assert lsd[0] == "lsd" and lsd[3] == "+100.0%" and lsd[6:] == ["+0.0000", "abs"]  # all level, nothing beyond
     assert any(ln.startswith("verdict lsd beyond level (gm output vs gm input): no significant change") for ln in lines)
+
+
+@pytest.mark.parametrize("mode", ["recipe", "degraded_dir"])
+def test_empty_and_silent_references_are_skipped_with_one_note_in_every_mode(tmp_path, capsys, registry,  # noqa: F811
+                                                                             mode):
+    from gan.eval.evaluation import evaluate
+
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    data = tone_folder(tmp_path / "clean", files=2)
+    sf.write(data / "silent.wav", np.zeros(22050, np.float32), 44100)
+    sf.write(data / "empty.wav", np.zeros((0, 1), np.float32), 44100)
+    degraded = None
+    if mode == "degraded_dir":
+        degraded = tmp_path / "deg"
+        degraded.mkdir()
+        for f in data.iterdir():
+            x, sr = sf.read(f, dtype="float32")
+            sf.write(degraded / f.name, 0.5 * x, sr)
+    report = evaluate([tmp_path / "a"], data, shifts=[12, -12], degraded_dir=degraded, metrics=["lsd", "mel"],
+                      progress=False)
+    err = capsys.readouterr().err
+    assert err.count("note: silent.wav: silent (RMS -300 dBFS < -60); skipped") == 1
+    assert err.count("note: empty.wav: empty; skipped") == 1 and "NaN" not in err
+    assert {r["file"] for r in report["rows"]} == {"tone0.wav", "tone1.wav"}
+    assert all(math.isfinite(r["lsd_degraded"]) and r["lsd_degraded"] > 0 for r in report["rows"])
+
+
+def test_too_few_examples_can_never_be_significant():
+    """With n examples all better, the exact one-sided Wilcoxon p is 2^-n: p < 0.01 takes 7; the verdict says so."""
+    from gan.eval.evaluation import verdict
+    from gan.eval.metrics import one_sided_p, pairs_needed, smallest_p
+
+    assert (smallest_p(5), pairs_needed(0.01), pairs_needed(0.05)) == (1 / 32, 7, 5)
+    for n in (5, 6, 7):
+        deg = np.linspace(1.0, 2.0, n)
+        assert one_sided_p(deg, deg - 0.01 * np.arange(1, n + 1), higher_is_better=False)[0] == 2.0 ** -n
+    deg = np.linspace(1.0, 2.0, 5)
+    v = verdict(deg, deg - 0.1, "lsd")
+    assert v["verdict"] == "no significant change" and v["p_better"] == 1 / 32
+    assert v["note"] == ("5 examples cannot reach p < 0.01 (the smallest one-sided Wilcoxon p is 2^-5 = 0.0312): "
+                         "score 7 or more, e.g. more files or a cache's val split (--data <cache>)")
+    deg = np.linspace(1.0, 2.0, 7)
+    assert verdict(deg, deg - 0.1, "lsd")["verdict"] == "better" and "note" not in verdict(deg, deg - 0.1, "lsd")
+
+
+def test_summary_columns_never_run_together(tmp_path, registry):  # noqa: F811
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_table
+
+    clean, deg = half_level_pairs(tmp_path)
+    report = evaluate([tmp_path / "a"], clean, degraded_dir=deg, metrics=["lsd"], progress=False)
+    report["summary"]["A"]["lsd_beyond_level"] = {"mean": 2.162, "std": -0.0003008, "median": -1.234e-05,
+                                                  "min": -123456.7, "max": 0.5, "n": 12345}
+    line = next(ln for ln in format_table(report).splitlines() if ln.startswith("lsd_beyond_level"))
+    assert line.split() == ["lsd_beyond_level", "2.162", "-0.0003008", "-1.234e-05", "-1.235e+05", "0.5", "12345"]
+
+
+def test_matrix_caption_says_which_metrics_are_distances_and_which_scores(tmp_path, registry):  # noqa: F811
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_matrix
+
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    report = evaluate([tmp_path / "a"], tone_folder(tmp_path / "clean", files=1), shifts=[12],
+                      shifters=["torchaudio"], metrics=["lsd", "si_sdr"], progress=False)
+    caption = format_matrix(report).splitlines()[1]
+    assert caption.startswith("relative change of the mean against the input, + = better (lsd: distances, lower is "
+                              "better; si_sdr: scores, higher is better)")
+    assert "distance" not in caption.replace("lsd: distances", "")

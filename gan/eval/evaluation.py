@@ -62,7 +62,12 @@ def rms_dbfs(x) -> float:
 
 
 def usable_reference(name: str, clean: np.ndarray) -> bool:
-    """False, with a one-line note, for an empty or silent reference."""
+    """False, with a one-line note, for an empty or silent reference.
+
+    Every folder source (``--shifters``, the training recipe, ``degraded_dir``) checks each
+    file once with it, before any round trip; a cache holds no silent pieces (preprocessing
+    drops them).
+    """
     if clean.size == 0:
         log.warning("note: %s: empty; skipped", name)
         return False
@@ -158,9 +163,7 @@ def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
     for item, off, length, item_shifts in zip(part.items, part.offsets, part.lengths, part.shifts):
         n = min(int(length), int(max_seconds * RATE)) if max_seconds else int(length)
         name = f"{item['file']}#{item.get('piece', 0)}"
-        clean = part.clean[off: off + n].astype(np.float32) / SCALE
-        if not usable_reference(name, clean):
-            continue
+        clean = part.clean[off: off + n].astype(np.float32) / SCALE  # preprocessing dropped silent pieces
         for k, s in enumerate(item_shifts.tolist()):
             if s in shifts:
                 yield Example(name, f"{s:+d}", clean, part.degraded[k][off: off + n].astype(np.float32) / SCALE,
