@@ -13,7 +13,7 @@ from gan.config import MelLossConfig
 from gan.losses.reconstruction import MultiScaleMelLoss
 from gan.eval.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
                          summarize)
-from helpers import make_folder, noise, tone_folder, write_checkpoint
+from helpers import IDENTITY, half_level_pairs, make_folder, noise, tone_folder, write_checkpoint
 
 
 def test_lsd_of_scaled_copy_is_twice_log10_of_gain():
@@ -263,21 +263,6 @@ def test_oracle_gain_by_hand():
     assert oracle_gain(ref, -3 * ref)[0] == pytest.approx(1 / 3, rel=1e-7)  # the sign is kept: a gain, not a fit
     assert oracle_gain(ref, np.zeros(10)) == (1.0, "digitally silent, no oracle gain (gain 1)")
     assert oracle_gain(np.zeros(10), ref) == (1.0, "the reference is digitally silent, no oracle gain (gain 1)")
-
-
-def half_level_pairs(tmp_path, files=2):
-    """Clean files and a folder of the same files at half their level (a pure level change), and the identity."""
-    write_checkpoint(tmp_path / "a", IDENTITY)
-    clean = make_folder(tmp_path / "clean", files=files)
-    (tmp_path / "deg").mkdir()
-    for f in clean.iterdir():
-        x, sr = sf.read(f)
-        sf.write(tmp_path / "deg" / f.name, 0.5 * x, sr, subtype="FLOAT")
-    return clean, tmp_path / "deg"
-
-
-IDENTITY = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4], "residual": True,
-            "output_activation": "none"}  # untrained with a zero last layer: the identity
 
 
 def test_level_only_change_is_all_level_nothing_beyond(tmp_path, registry):  # noqa: F811

@@ -187,10 +187,14 @@ def read_generator_file(path: str | Path) -> dict:
     Raises ``CheckpointError``, one line naming ``path``, for a file torch cannot read (truncated,
     corrupt, another program's) or one without a ``state_dict``; never torch's own advice.
     """
+    import warnings
+
     import torch
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle's protocol: our line says it all
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for truncated or foreign files, with advice not to pass on
         blob = None
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
