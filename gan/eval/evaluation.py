@@ -119,13 +119,13 @@ def folder_examples(data_dir: str | Path, degrade_cfg, shifts: list[int],
         rel = path.relative_to(root).as_posix()
         audio, sr = read_audio(path)  # (C, T) at the file's rate
         pieces, n = [], 0
-        for start, stop in piece_bounds(audio.shape[1], sr) if audio.shape[1] else []:
+        for start, stop in piece_bounds(audio.shape[1], sr):
             if limit is not None and n >= limit:
                 break
             pieces.append(mono_model_rate(audio[:, start:stop], sr))
             n += len(pieces[-1])
         del audio
-        clean = np.concatenate(pieces)[:limit] if n else np.zeros(0, np.float32)
+        clean = np.concatenate(pieces)[:limit]
         if not usable_reference(rel, clean):
             continue
         for s in shifts:
@@ -243,6 +243,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
             on_example(k, ex, outputs, rows[-len(labels):])
     if not rows:
         raise AudioError(f"--data {data}: no examples to evaluate")
+
     def verdicts(before: str, after: str) -> dict:
         return {lab: {m: verdict([r[f"{m}_{before}"] for r in rows if r["checkpoint"] == lab],
                                  [r[f"{m}_{after}"] for r in rows if r["checkpoint"] == lab], m)

@@ -27,7 +27,8 @@ def oracle_gain(ref, x) -> tuple[float, str | None]:
     if not (math.isfinite(e_ref) and math.isfinite(e_x)):
         return 1.0, "energy not finite, no oracle gain (gain 1)"
     if e_x == 0.0 or e_ref == 0.0:
-        return 1.0, f"{'digitally silent' if e_x == 0.0 else 'the reference is digitally silent'}, no oracle gain (gain 1)"
+        silent = "digitally silent" if e_x == 0.0 else "the reference is digitally silent"
+        return 1.0, f"{silent}, no oracle gain (gain 1)"
     return math.sqrt(e_ref / e_x), None
 
 

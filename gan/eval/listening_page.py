@@ -17,7 +17,7 @@ from html import escape
 
 from gan.eval.listening_results import FORMAT, VERSION
 from gan.eval.metrics import HIGHER_IS_BETTER
-from gan.eval.report import (LEVEL_CAPTION, LEVEL_HEAD, MATRIX_KINDS, level_rows, matrix_caption, matrix_cell,
+from gan.eval.report import (LEVEL_CAPTION, LEVEL_HEAD, level_rows, matrix_caption, matrix_cell, matrix_columns,
                              shifter_name)
 
 PAGE = """<!DOCTYPE html>
@@ -167,7 +167,7 @@ def _summary(report: dict) -> str:
         parts.append(_compare("paired comparison of the gain-matched enhanced scores, B - A",
                               report["compare_matched"]))
     for lab, cells in report.get("matrix", {}).items():
-        columns = [(m, kind) for m in report["metrics"] for kind in MATRIX_KINDS]
+        columns = matrix_columns(report["metrics"])
         rows, classes = [], []
         for c in cells:
             row, cls = [shifter_name(c), c["shift"], c["n"]], []

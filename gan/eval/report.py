@@ -37,8 +37,9 @@ def matrix_caption(metrics: list[str], alpha: float = 0.01) -> str:
     return (f"relative change of the mean against the input, + = better ({metric_kinds(metrics)}); per metric: the "
             "model's output vs the input; 'level': the gain-matched input (one gain per file gives it the "
             "reference's energy) vs the input, what level alone buys; 'beyond': the model's gain-matched output vs "
-            f"the gain-matched input, what it restores beyond level; '+' / '-': one-sided paired Wilcoxon p < {alpha:g} "
-            "better / worse; * = shifter not in the training mix; shift 0 (clean input): the absolute change")
+            "the gain-matched input, what it restores beyond level; '+' / '-': one-sided paired Wilcoxon "
+            f"p < {alpha:g} better / worse; * = shifter not in the training mix; shift 0 (clean input): the absolute "
+            "change")
 
 
 def matrix_cell(v: dict, kind: str, alpha: float = 0.01) -> tuple[str, str]:
@@ -50,7 +51,8 @@ def matrix_cell(v: dict, kind: str, alpha: float = 0.01) -> tuple[str, str]:
     return text, mark
 
 
-def _matrix_columns(metrics: list[str]) -> list[tuple[str, str]]:
+def matrix_columns(metrics: list[str]) -> list[tuple[str, str]]:
+    """The matrix's columns: (metric, kind of ``MATRIX_KINDS``), every kind of the first metric first."""
     return [(m, kind) for m in metrics for kind in MATRIX_KINDS]
 
 
@@ -64,7 +66,7 @@ def format_matrix(report: dict, alpha: float = 0.01) -> str:
     lines = []
     for lab, cells in report.get("matrix", {}).items():
         info = report["checkpoints"][lab]
-        columns = _matrix_columns(report["metrics"])
+        columns = matrix_columns(report["metrics"])
         lines.append(f"checkpoint {lab}: {info['path']} (step {info['step']})")
         lines.append(matrix_caption(report["metrics"], alpha))
         lines.append(f"{'shifter':<14}{'shift':>6}{'n':>4}" + "".join(f" {(m + ' ' + k).strip():>14}"
@@ -90,7 +92,7 @@ def plot_matrix(report: dict, path: str | Path, label: str = "A") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells, columns = [c for c in report["matrix"][label] if c["shift"] != "0"], _matrix_columns(report["metrics"])
+    cells, columns = [c for c in report["matrix"][label] if c["shift"] != "0"], matrix_columns(report["metrics"])
     vals = np.array([[100 * c["metrics"][m][MATRIX_KINDS[k][0]] for m, k in columns] for c in cells])
     lim = max(1.0, float(np.nanmax(np.abs(vals)))) if vals.size else 1.0
     fig, ax = plt.subplots(figsize=(0.9 * len(columns) + 2.5, 0.35 * len(cells) + 1.8))
@@ -122,7 +124,8 @@ def _cols(values, width: int) -> str:
 
 
 def change_text(rel: float, absolute: float) -> str:
-    """A relative change as ``+3.1%``; where it is undefined (from 0: clean input), the absolute one: ``+0.0637 abs``."""
+    """A relative change as ``+3.1%``; where it is undefined (from 0: clean input), the absolute one
+    (``+0.0637 abs``)."""
     return f"{100 * rel:+.1f}%" if math.isfinite(rel) else f"{absolute:+.4f} abs"
 
 
