@@ -10,7 +10,10 @@ r"""Score a checkpoint (or compare two) on clean recordings degraded like the tr
     python launch/evaluate.py --listening-results alice.json bob.json --blind-key ab.blind-key.json   # unblinded
 
 For every example: metrics of the degraded input and of the enhanced output against the
-clean reference, and the improvement (positive = better). Prints a summary table (mean,
+clean reference, and the improvement (positive = better), next to the level-matched baselines:
+the degraded input and each output scaled by one gain per file to the reference's energy
+(gain-matched), so "level" (what that oracle gain alone buys) and "beyond level" (gain-matched
+output vs gain-matched input) tell a volume change from restoration. Prints a summary table (mean,
 std, median, min, max) and writes JSON / CSV. ``--compare`` adds a paired t-test,
 Wilcoxon test and 95% CI of the mean difference (B - A) per metric. ``--html DIR`` writes a
 listening report (loudness-matched players, mel spectrograms, metrics); ``--blind`` makes it a

@@ -145,6 +145,22 @@ def make_folder(path, seconds=0.5, files=2):
     return path
 
 
+IDENTITY = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4], "residual": True,
+            "output_activation": "none"}  # untrained with a zero last layer: the identity
+
+
+def half_level_pairs(tmp_path, files=2):
+    """A run ``tmp_path/a`` of the identity, clean files, and a folder of the same files at half their level
+    (a pure level change): ``(clean folder, degraded folder)``."""
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    clean = make_folder(tmp_path / "clean", files=files)
+    (tmp_path / "deg").mkdir()
+    for f in clean.iterdir():
+        x, sr = sf.read(f)
+        sf.write(tmp_path / "deg" / f.name, 0.5 * x, sr, subtype="FLOAT")
+    return clean, tmp_path / "deg"
+
+
 def tone_folder(path, files=3, seconds=0.5):
     """Harmonic tones with a decaying envelope (real pitch content for a shifter), 44.1 kHz."""
     path.mkdir(parents=True)

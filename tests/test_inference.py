@@ -1,5 +1,6 @@
 """Chunked enhancement equals whole-file enhancement; files of any rate, channels and length."""
 import math
+import pickle
 import subprocess
 import sys
 
@@ -112,12 +113,38 @@ def test_load_generator_errors(tmp_path, registry):
     write_checkpoint(tmp_path / "run", TINY_DAC)
     gen = tmp_path / "run" / "checkpoints" / "step_000000007" / "generator.pt"
     gen.write_bytes(gen.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="not a readable generator checkpoint"):
         load_generator(tmp_path / "run")
     write_checkpoint(tmp_path / "other", {**TINY_DAC, "channels": 3})
     gen.write_bytes((tmp_path / "other" / "checkpoints" / "step_000000007" / "generator.pt").read_bytes())
     with pytest.raises(CheckpointError, match="do not fit"):
         load_generator(tmp_path / "run")
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint" * 64, pickle.dumps({"weights": [1, 2]})],
+                         ids=["garbage", "foreign_pickle"])
+def test_unreadable_generator_is_one_line_that_never_advises_weights_only_false(tmp_path, registry, capsys,
+                                                                                 content):
+    """A corrupt or foreign generator.pt: our line naming the file, for inference, evaluation and --init-from."""
+    from gan.train.checkpointer import load_init_weights
+
+    sys.path.insert(0, str(ROOT / "launch"))
+    import evaluate
+
+    write_checkpoint(tmp_path / "run", TINY_DAC)
+    step = tmp_path / "run" / "checkpoints" / "step_000000007"
+    (step / "generator.pt").write_bytes(content)
+    want = (f"checkpoint {step / 'generator.pt'}: not a readable generator checkpoint (truncated, corrupt or not "
+            "written by unshift); re-download it or save it again")
+    with pytest.raises(CheckpointError) as e:
+        load_generator(tmp_path / "run")
+    assert str(e.value) == want
+    assert evaluate.main(["--checkpoint", str(tmp_path / "run"), "--data", str(tmp_path), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: {want}\n"
+    (step / "trainer_state.pt").touch()  # --init-from reads generator.pt when Accelerate's weights are absent
+    with pytest.raises(CheckpointError) as e:
+        load_init_weights(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), step)
+    assert str(e.value) == want and "weights_only" not in want
 
 
 def test_enhance_file_keeps_rate_channels_length_and_subtype(tmp_path, registry):

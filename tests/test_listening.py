@@ -29,7 +29,7 @@ from gan.eval.listening_results import ListeningResultsError, format_preferences
 
 sys.path.insert(0, str(ROOT / "launch"))
 import evaluate  # noqa: E402
-from helpers import make_folder, tone_folder, write_checkpoint
+from helpers import IDENTITY, half_level_pairs, make_folder, tone_folder, write_checkpoint
 
 
 def sine(db_peak: float, seconds: float = 2.0, hz: float = 997.0) -> np.ndarray:
@@ -172,6 +172,25 @@ def test_report_folder_holding_other_files_is_refused_before_any_work(tmp_path, 
     assert "--blind needs --html DIR" in capsys.readouterr().err
 
 
+def test_report_shows_the_gain_matched_input_and_what_lies_beyond_level(tmp_path, registry):  # noqa: F811
+    """Input at half the level, the identity as model: the page's summary says all of the change is level (+100 %)
+    and nothing lies beyond it; each example lists the gain-matched input's metrics and the oracle gain (+6.0 dB),
+    and plays the same versions as before (the gain-matched input would sound as the degraded one)."""
+    from html import unescape
+
+    clean, deg = half_level_pairs(tmp_path)
+    out = tmp_path / "report"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "a"), "--data", str(clean), "--degraded-dir", str(deg),
+                          "--metrics", "lsd", "--html", str(out), "--quiet"]) == 0
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", (out / "index.html").read_text())).split())
+    row = re.search(r"input gm input level output gm output beyond level lsd ((\S+ ){6}abs)", text)
+    assert row.group(1).split() == ["0.6021", "0", "+100.0%", "0.6021", "0", "+0.0000", "abs"]  # 2 log10(2)
+    assert text.count("gain-matched input A beyond level") == 2
+    assert text.count("oracle gain of the input: 2 (+6.0 dB)") == 2
+    assert "2 examples cannot reach p < 0.01" in text
+    assert len(list((out / "audio").iterdir())) == 2 * 3  # clean, degraded, enhanced A
+
+
 def blind_report(folder, seed, token_hex=None, n=4):
     """A blind page of ``n`` short examples (degraded vs checkpoint A's output) written without evaluating."""
     rng = np.random.default_rng(0)
@@ -312,10 +331,6 @@ def screenshot(driver, path):
         "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 5000), "scale": 1}})
     path.write_bytes(base64.b64decode(shot["data"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
-
-
-IDENTITY = {"name": "dac_unet", "channels": 4, "max_channels": 8, "strides": [2, 4], "residual": True,
-            "output_activation": "none"}  # untrained with a zero last layer: the identity
 
 
 def test_report_plays_every_version_shows_every_spectrogram(tmp_path, browser, registry):  # noqa: F811

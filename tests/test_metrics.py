@@ -13,7 +13,7 @@ from gan.config import MelLossConfig
 from gan.losses.reconstruction import MultiScaleMelLoss
 from gan.eval.metrics import (MetricSuite, extra_available, improvement, log_spectral_distance, paired_test, si_sdr_db,
                          summarize)
-from helpers import make_folder, noise, tone_folder, write_checkpoint
+from helpers import IDENTITY, half_level_pairs, make_folder, noise, tone_folder, write_checkpoint
 
 
 def test_lsd_of_scaled_copy_is_twice_log10_of_gain():
@@ -101,12 +101,13 @@ def test_evaluate_cli_compares_two_identical_checkpoints(tmp_path, registry):  #
     report = json.loads((out / "e.json").read_text())
     assert len(report["rows"]) == 4 and {r["shift"] for r in report["rows"]} == {"+12"}
     for m in ("lsd", "si_sdr"):
-        c = report["compare"][m]
-        assert c["n"] == 2 and c["mean_diff"] == 0.0 and c["better"] == "neither" and c["t_p"] == 1.0
+        for c in (report["compare"][m], report["compare_matched"][m]):  # the outputs, and the gain-matched outputs
+            assert c["n"] == 2 and c["mean_diff"] == 0.0 and c["better"] == "neither" and c["t_p"] == 1.0
         s = report["summary"]["A"][f"{m}_improvement"]
         assert s["n"] == 2 and math.isfinite(s["mean"])
     assert (out / "e_summary.csv").is_file() and (out / "e.png").stat().st_size > 0
     assert (out / "e.csv").read_text().count("\n") == 5
+    assert "lsd_beyond_level" in (out / "e.csv").read_text().splitlines()[0]
 
 
 def test_evaluate_pairs_from_degraded_dir(tmp_path, registry):  # noqa: F811
@@ -204,8 +205,23 @@ def test_shifter_matrix_marks_unseen_shifters_and_skips_silent_references(tmp_pa
             assert v["enhanced"] == pytest.approx(v["degraded"], abs=1e-6)  # the identity changes nothing
     assert cells[("torchaudio", "+12")]["metrics"]["mel"]["degraded"] > 0.1
     assert cells[("none", "0")]["metrics"]["mel"]["degraded"] == 0.0
+    for cell in cells.values():  # the identity: its gain-matched output is the gain-matched input
+        for m in ("lsd", "mel"):
+            v = cell["metrics"][m]
+            assert v["enhanced_matched"] == pytest.approx(v["degraded_matched"], abs=1e-6)
+            assert abs(v["beyond_abs"]) < 1e-6 and v["matched_rel"] == pytest.approx(v["level_rel"], nan_ok=True)
+    for m in ("lsd", "mel"):  # a phase vocoder loses level: the oracle gain alone brings the input closer
+        assert cells[("torchaudio", "+12")]["metrics"][m]["level_rel"] > 0.05
+    assert math.isnan(cells[("none", "0")]["metrics"]["mel"]["level_rel"])  # clean input: nothing to change
     text = format_matrix(report)
     assert "wsola*" in text and "torchaudio " in text and "abs" in text
+    assert "note: some cells: 3 examples cannot reach p < 0.01 (the smallest one-sided Wilcoxon p is 2^-3" in text
+    head = next(ln for ln in text.splitlines() if ln.startswith("shifter"))
+    assert head.split() == ["shifter", "shift", "n", "lsd", "lsd", "level", "lsd", "beyond", "mel", "mel", "level",
+                            "mel", "beyond"]
+    row = next(ln for ln in text.splitlines() if ln.startswith("torchaudio")).split()
+    lsd_level = cells[("torchaudio", "+12")]["metrics"]["lsd"]["level_rel"]
+    assert row[:6] == ["torchaudio", "+12", "3", "+0.0%", f"{100 * lsd_level:+.1f}%", "+0.0%"]
     plot_matrix(report, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 1000
 
@@ -230,3 +246,114 @@ def test_level_checks_of_the_identity(tmp_path, registry):  # noqa: F811
     checks = level_checks(Enhancer(load_generator(tmp_path / "a"), device="cpu"), tone_folder(tmp_path / "clean"))
     assert checks["silence_out_dbfs"] < -200 and abs(checks["noise_floor_out_dbfs"] + 80) < 0.2
     assert abs(checks["hot_peak_change_db"]) < 1e-3 and checks["hot_source"] == "tone0.wav"
+
+
+# --------------------------------------------------------------------------- level-matched baselines
+
+
+def test_oracle_gain_by_hand():
+    from gan.eval.level import gain_match, oracle_gain
+
+    assert oracle_gain([3.0, 4.0], [1.0, 0.0]) == (5.0, None)  # sqrt(25 / 1)
+    ref = noise(seed=8)
+    matched, g, note = gain_match(ref, 0.5 * ref)
+    assert (g, note) == (2.0, None) and matched.dtype == np.float32 and np.array_equal(matched, ref)
+    sc = MetricSuite(["lsd", "mel"]).score(ref, matched)
+    assert sc == {"lsd": 0.0, "mel": 0.0}  # the gain-matched input of a level-only change is the reference
+    assert oracle_gain(ref, -3 * ref)[0] == pytest.approx(1 / 3, rel=1e-7)  # the sign is kept: a gain, not a fit
+    assert oracle_gain(ref, np.zeros(10)) == (1.0, "digitally silent, no oracle gain (gain 1)")
+    assert oracle_gain(np.zeros(10), ref) == (1.0, "the reference is digitally silent, no oracle gain (gain 1)")
+
+
+def test_level_only_change_is_all_level_nothing_beyond(tmp_path, registry):  # noqa: F811
+    """Input at half the level, the identity as model: the oracle gain recovers all of it (level +100 %), and the
+    model's gain-matched output equals the gain-matched input (beyond level 0), in rows, summary, verdict and text."""
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_table
+
+    clean, deg = half_level_pairs(tmp_path)
+    report = evaluate([tmp_path / "a"], clean, degraded_dir=deg, metrics=["lsd", "mel"], progress=False)
+    for r in report["rows"]:
+        assert r["input_gain"] == pytest.approx(2.0, rel=1e-6) and r["output_gain"] == pytest.approx(2.0, rel=1e-6)
+        assert r["lsd_degraded"] == pytest.approx(2 * math.log10(2), abs=1e-3)
+        assert r["lsd_degraded_matched"] < 1e-4 and r["lsd_enhanced_matched"] < 1e-4
+        assert r["lsd_level"] == pytest.approx(r["lsd_degraded"] - r["lsd_degraded_matched"])
+        assert abs(r["lsd_beyond_level"]) < 1e-6 and abs(r["mel_beyond_level"]) < 1e-6
+    s = report["summary"]["A"]
+    assert s["lsd_level"]["mean"] == pytest.approx(2 * math.log10(2), abs=1e-3) and s["lsd_beyond_level"]["n"] == 2
+    assert report["verdict_beyond_level"]["A"]["lsd"]["verdict"] == "no significant change"
+    lines = format_table(report).splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("metric") and "gm input" in ln)
+    assert lines[head].split() == ["metric", "input", "gm", "input", "level", "output", "gm", "output", "beyond",
+                                   "level"]
+    lsd = lines[head + 1].split()
+    assert lsd[0] == "lsd" and lsd[3] == "+100.0%" and lsd[6:] == ["+0.0000", "abs"]  # all level, nothing beyond
+    assert any(ln.startswith("verdict lsd beyond level (gm output vs gm input): no significant change") for ln in lines)
+
+
+@pytest.mark.parametrize("mode", ["recipe", "degraded_dir"])
+def test_empty_and_silent_references_are_skipped_with_one_note_in_every_mode(tmp_path, capsys, registry,  # noqa: F811
+                                                                             mode):
+    from gan.eval.evaluation import evaluate
+
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    data = tone_folder(tmp_path / "clean", files=2)
+    sf.write(data / "silent.wav", np.zeros(22050, np.float32), 44100)
+    sf.write(data / "empty.wav", np.zeros((0, 1), np.float32), 44100)
+    degraded = None
+    if mode == "degraded_dir":
+        degraded = tmp_path / "deg"
+        degraded.mkdir()
+        for f in data.iterdir():
+            x, sr = sf.read(f, dtype="float32")
+            sf.write(degraded / f.name, 0.5 * x, sr)
+    report = evaluate([tmp_path / "a"], data, shifts=[12, -12], degraded_dir=degraded, metrics=["lsd", "mel"],
+                      progress=False)
+    err = capsys.readouterr().err
+    assert err.count("note: silent.wav: silent (RMS -300 dBFS < -60); skipped") == 1
+    assert err.count("note: empty.wav: empty; skipped") == 1 and "NaN" not in err
+    assert {r["file"] for r in report["rows"]} == {"tone0.wav", "tone1.wav"}
+    assert all(math.isfinite(r["lsd_degraded"]) and r["lsd_degraded"] > 0 for r in report["rows"])
+
+
+def test_too_few_examples_can_never_be_significant():
+    """With n examples all better, the exact one-sided Wilcoxon p is 2^-n: p < 0.01 takes 7; the verdict says so."""
+    from gan.eval.evaluation import verdict
+    from gan.eval.metrics import one_sided_p, pairs_needed, smallest_p
+
+    assert (smallest_p(5), pairs_needed(0.01), pairs_needed(0.05)) == (1 / 32, 7, 5)
+    for n in (5, 6, 7):
+        deg = np.linspace(1.0, 2.0, n)
+        assert one_sided_p(deg, deg - 0.01 * np.arange(1, n + 1), higher_is_better=False)[0] == 2.0 ** -n
+    deg = np.linspace(1.0, 2.0, 5)
+    v = verdict(deg, deg - 0.1, "lsd")
+    assert v["verdict"] == "no significant change" and v["p_better"] == 1 / 32
+    assert v["note"] == ("5 examples cannot reach p < 0.01 (the smallest one-sided Wilcoxon p is 2^-5 = 0.0312): "
+                         "score 7 or more, e.g. more files or a cache's val split (--data <cache>)")
+    deg = np.linspace(1.0, 2.0, 7)
+    assert verdict(deg, deg - 0.1, "lsd")["verdict"] == "better" and "note" not in verdict(deg, deg - 0.1, "lsd")
+
+
+def test_summary_columns_never_run_together(tmp_path, registry):  # noqa: F811
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_table
+
+    clean, deg = half_level_pairs(tmp_path)
+    report = evaluate([tmp_path / "a"], clean, degraded_dir=deg, metrics=["lsd"], progress=False)
+    report["summary"]["A"]["lsd_beyond_level"] = {"mean": 2.162, "std": -0.0003008, "median": -1.234e-05,
+                                                  "min": -123456.7, "max": 0.5, "n": 12345}
+    line = next(ln for ln in format_table(report).splitlines() if ln.startswith("lsd_beyond_level"))
+    assert line.split() == ["lsd_beyond_level", "2.162", "-0.0003008", "-1.234e-05", "-1.235e+05", "0.5", "12345"]
+
+
+def test_matrix_caption_says_which_metrics_are_distances_and_which_scores(tmp_path, registry):  # noqa: F811
+    from gan.eval.evaluation import evaluate
+    from gan.eval.report import format_matrix
+
+    write_checkpoint(tmp_path / "a", IDENTITY)
+    report = evaluate([tmp_path / "a"], tone_folder(tmp_path / "clean", files=1), shifts=[12],
+                      shifters=["torchaudio"], metrics=["lsd", "si_sdr"], progress=False)
+    caption = format_matrix(report).splitlines()[1]
+    assert caption.startswith("relative change of the mean against the input, + = better (lsd: distances, lower is "
+                              "better; si_sdr: scores, higher is better)")
+    assert "distance" not in caption.replace("lsd: distances", "")

@@ -36,18 +36,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def _score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
     """Per (shifter, shift) tag and metric: % change of the mean distance, model vs input (``model``),
     gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``)."""
-    from gan.eval.level import oracle_gain
+    from gan.eval.level import gain_match
 
     sums: dict[tuple, list] = {}
     with torch.no_grad():
         for i, ex in enumerate(examples):
             enhanced = g(torch.from_numpy(ex.degraded)[None, None])[0, 0].numpy()
             if i not in baselines:  # the input's scores do not change during training
-                matched = ex.degraded * oracle_gain(ex.degraded, ex.clean)
+                matched = gain_match(ex.clean, ex.degraded)[0]
                 baselines[i] = suite.score(ex.clean, ex.degraded), suite.score(ex.clean, matched)
             before, level = baselines[i]
             after = suite.score(ex.clean, enhanced)
-            after_matched = suite.score(ex.clean, enhanced * oracle_gain(enhanced, ex.clean))
+            after_matched = suite.score(ex.clean, gain_match(ex.clean, enhanced)[0])
             for name in suite.names:
                 sums.setdefault((f"{ex.shifter}{ex.shift}", name), []).append(
                     (before[name], after[name], level[name], after_matched[name]))

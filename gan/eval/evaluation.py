@@ -33,13 +33,15 @@ import numpy as np
 
 from gan.data.recipe import degrade_piece, mono_model_rate, piece_bounds
 from gan.dsp.audio import AudioError, find_audio_files, read_audio
-from gan.eval.metrics import HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, summarize
+from gan.eval.level import gain_match
+from gan.eval.metrics import (HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, relative_change,
+                              summarize, too_few_note)
 from gan.log import get_logger
 
 log = get_logger(__name__)
 
 RATE = 48000
-KINDS = ("degraded", "enhanced", "improvement")
+KINDS = ("degraded", "enhanced", "improvement", "degraded_matched", "enhanced_matched", "level", "beyond_level")
 
 
 @dataclass
@@ -60,7 +62,12 @@ def rms_dbfs(x) -> float:
 
 
 def usable_reference(name: str, clean: np.ndarray) -> bool:
-    """False, with a one-line note, for an empty or silent reference."""
+    """False, with a one-line note, for an empty or silent reference.
+
+    Every folder source (``--shifters``, the training recipe, ``degraded_dir``) checks each
+    file once with it, before any round trip; a cache holds no silent pieces (preprocessing
+    drops them).
+    """
     if clean.size == 0:
         log.warning("note: %s: empty; skipped", name)
         return False
@@ -119,6 +126,8 @@ def folder_examples(data_dir: str | Path, degrade_cfg, shifts: list[int],
             n += len(pieces[-1])
         del audio
         clean = np.concatenate(pieces)[:limit]
+        if not usable_reference(rel, clean):
+            continue
         for s in shifts:
             degraded = np.concatenate([degrade_piece(x, rel, k, degrade_cfg, [s])[1][s] for k, x in enumerate(pieces)])
             yield Example(rel, f"{s:+d}", clean, degraded[:limit])
@@ -133,7 +142,10 @@ def pair_examples(data_dir: str | Path, degraded_dir: str | Path,
         if match is None:
             log.warning("warning: %s: no file of that name in %s; skipped", rel, other)
             continue
-        clean, degraded = _mono48(path, max_seconds), _mono48(match, max_seconds)
+        clean = _mono48(path, max_seconds)
+        if not usable_reference(rel, clean):
+            continue
+        degraded = _mono48(match, max_seconds)
         n = min(len(clean), len(degraded))
         yield Example(rel, "given", clean[:n], degraded[:n])
 
@@ -151,7 +163,7 @@ def cache_examples(cache_dir: str | Path, split: str, shifts: list[int] | None,
     for item, off, length, item_shifts in zip(part.items, part.offsets, part.lengths, part.shifts):
         n = min(int(length), int(max_seconds * RATE)) if max_seconds else int(length)
         name = f"{item['file']}#{item.get('piece', 0)}"
-        clean = part.clean[off: off + n].astype(np.float32) / SCALE
+        clean = part.clean[off: off + n].astype(np.float32) / SCALE  # preprocessing dropped silent pieces
         for k, s in enumerate(item_shifts.tolist()):
             if s in shifts:
                 yield Example(name, f"{s:+d}", clean, part.degraded[k][off: off + n].astype(np.float32) / SCALE,
@@ -185,6 +197,13 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     ``shifts`` (default ±12) instead of the checkpoint's own recipe; the report then has a
     ``matrix`` (see ``shifter_matrix``). Returns a dict: ``rows`` (one per example and
     checkpoint), ``summary`` per checkpoint, ``compare`` with two checkpoints.
+    Each row also holds the *gain-matched* scores (``gan.eval.level``: input and output scaled
+    by one gain per file to the reference's energy, ``input_gain`` / ``output_gain``):
+    ``{m}_degraded_matched``, ``{m}_enhanced_matched``, ``{m}_level`` (what the gain alone buys:
+    improvement of the gain-matched input over the input) and ``{m}_beyond_level`` (improvement of
+    the gain-matched output over the gain-matched input); ``verdict_beyond_level`` tests the latter
+    as ``verdict`` tests the raw improvement, and with two checkpoints ``compare_matched`` compares
+    the gain-matched outputs as ``compare`` compares the outputs.
     ``on_example(k, example, outputs, rows)``, when given, is called after each example is
     scored, with its number ``k`` (from 1), the ``Example``, each checkpoint's output by label
     (``(T,)`` float32, 48 kHz) and its rows; nothing of the audio is kept here
@@ -204,27 +223,36 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
         if progress:
             log.info("[%d] %s %s %s (%.0f s)", k, ex.file, ex.shifter, ex.shift, time.monotonic() - start)
         name = f"{ex.file} {ex.shifter} {ex.shift}"
-        deg = suite.score(ex.clean, ex.degraded, name)
+        deg, deg_matched, input_gain = score_with_oracle_gain(suite, ex.clean, ex.degraded, name, "input")
         outputs = {}
         for label, enh in zip(labels, enhancers):
             est = enh.enhance(ex.degraded[None], RATE, name=name)[0]
             outputs[label] = est.numpy()
-            sc = suite.score(ex.clean, est, name)
+            sc, sc_matched, output_gain = score_with_oracle_gain(suite, ex.clean, outputs[label], name,
+                                                                   f"output {label}")
             row = {"file": ex.file, "shifter": ex.shifter, "shift": ex.shift, "checkpoint": label,
-                   "seconds": len(ex.clean) / RATE}
+                   "seconds": len(ex.clean) / RATE, "input_gain": input_gain, "output_gain": output_gain}
             for m in suite.names:
                 row.update({f"{m}_degraded": deg[m], f"{m}_enhanced": sc[m],
-                            f"{m}_improvement": improvement(m, deg[m], sc[m])})
+                            f"{m}_improvement": improvement(m, deg[m], sc[m]),
+                            f"{m}_degraded_matched": deg_matched[m], f"{m}_enhanced_matched": sc_matched[m],
+                            f"{m}_level": improvement(m, deg[m], deg_matched[m]),
+                            f"{m}_beyond_level": improvement(m, deg_matched[m], sc_matched[m])})
             rows.append(row)
         if on_example is not None:
             on_example(k, ex, outputs, rows[-len(labels):])
     if not rows:
         raise AudioError(f"--data {data}: no examples to evaluate")
-    verdicts = {lab: {m: verdict([r[f"{m}_degraded"] for r in rows if r["checkpoint"] == lab],
-                                 [r[f"{m}_enhanced"] for r in rows if r["checkpoint"] == lab], m)
+
+    def verdicts(before: str, after: str) -> dict:
+        return {lab: {m: verdict([r[f"{m}_{before}"] for r in rows if r["checkpoint"] == lab],
+                                 [r[f"{m}_{after}"] for r in rows if r["checkpoint"] == lab], m)
                       for m in suite.names} for lab in labels}
+
     report = {
-        "data": str(data), "metrics": suite.names, "skipped_metrics": suite.skipped, "verdict": verdicts,
+        "data": str(data), "metrics": suite.names, "skipped_metrics": suite.skipped,
+        "verdict": verdicts("degraded", "enhanced"),
+        "verdict_beyond_level": verdicts("degraded_matched", "enhanced_matched"),
         "checkpoints": {lab: {"path": str(g.path), "step": g.step, "ema": g.ema, "generator": g.cfg.generator.name}
                         for lab, g in zip(labels, loaded)},
         "summary": {lab: {f"{m}_{k}": summarize(r[f"{m}_{k}"] for r in rows if r["checkpoint"] == lab)
@@ -238,10 +266,24 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     if len(labels) == 2:
         by = {lab: {(r["file"], r["shifter"], r["shift"]): r for r in rows if r["checkpoint"] == lab} for lab in labels}
         keys = list(by["A"])
-        report["compare"] = {
-            m: paired_test([by["A"][k][f"{m}_enhanced"] for k in keys], [by["B"][k][f"{m}_enhanced"] for k in keys],
-                           HIGHER_IS_BETTER[m]) for m in suite.names}
+        for key, kind in (("compare", "enhanced"), ("compare_matched", "enhanced_matched")):
+            report[key] = {m: paired_test([by["A"][k][f"{m}_{kind}"] for k in keys],
+                                          [by["B"][k][f"{m}_{kind}"] for k in keys], HIGHER_IS_BETTER[m])
+                           for m in suite.names}
     return report
+
+
+def score_with_oracle_gain(suite: MetricSuite, clean: np.ndarray, x: np.ndarray, name: str,
+                           what: str) -> tuple[dict, dict, float]:
+    """Scores of ``x`` and of ``x`` gain-matched to ``clean`` (``gan.eval.level``), and that gain.
+
+    ``clean``, ``x``: ``(T,)`` float32 at 48 kHz. A gain that cannot be matched (silence) is 1,
+    with a one-line note naming the example ``name`` and ``what`` ``x`` is (``"input"``).
+    """
+    matched, gain, note = gain_match(clean, x)
+    if note:
+        log.warning("note: %s: %s: %s", name, what, note)
+    return suite.score(clean, x, name), suite.score(clean, matched, f"{name}, gain-matched"), gain
 
 
 def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
@@ -272,10 +314,15 @@ def level_checks(enhancer, data_dir: str | Path | None = None) -> dict:
 
 
 def verdict(degraded, enhanced, metric: str, alpha: float = 0.01) -> dict:
-    """Did the model help on this metric? ``better`` / ``worse`` (one-sided paired Wilcoxon p < alpha) or ``no change``."""
+    """Did the model help on this metric? ``better`` / ``worse`` (one-sided paired Wilcoxon p < alpha) or ``no change``.
+
+    ``n``: the pairs; ``note`` (only when so): too few finite pairs to ever reach ``p < alpha``.
+    """
     p_better, p_worse = one_sided_p(degraded, enhanced, HIGHER_IS_BETTER[metric])
     word = "better" if p_better < alpha else "worse" if p_worse < alpha else "no significant change"
-    return {"verdict": word, "p_better": p_better, "p_worse": p_worse, "n": len(degraded)}
+    out = {"verdict": word, "p_better": p_better, "p_worse": p_worse, "n": len(degraded)}
+    note = too_few_note(int(np.sum(np.isfinite(degraded) & np.isfinite(enhanced))), alpha)
+    return {**out, "note": note} if note else out
 
 
 def loaded_mix(loaded) -> list[str]:
@@ -292,6 +339,13 @@ def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: li
     For clean input (shift 0) the degraded distance is 0, so ``rel`` is NaN and ``abs``
     (the mean distance of the output to its input) says how much the model changed it.
     ``by_shift=False`` pools every shift of a shifter (shift ``"all"``).
+
+    Level-matched baselines (``gan.eval.level``), per metric: ``degraded_matched`` /
+    ``enhanced_matched`` (means of the gain-matched input / output), ``level_rel`` (gain-matched
+    input vs input: what the oracle gain alone buys), ``matched_rel`` (gain-matched output vs
+    input), ``beyond_rel`` and ``beyond_abs`` (gain-matched output vs gain-matched input: what
+    the model restores beyond level) with its one-sided p-values ``beyond_p_better`` /
+    ``beyond_p_worse``. Every ``*_rel`` is signed like ``rel`` (+ = better).
     """
     out = []
     mine = [r for r in rows if r["checkpoint"] == label]
@@ -303,11 +357,16 @@ def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: li
         for m in metrics:
             deg = [r[f"{m}_degraded"] for r in sel]
             enh = [r[f"{m}_enhanced"] for r in sel]
-            md, me = float(np.nanmean(deg)), float(np.nanmean(enh))
-            sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
-            rel = sign * (me - md) / abs(md) if md else math.nan
+            deg_m = [r[f"{m}_degraded_matched"] for r in sel]
+            enh_m = [r[f"{m}_enhanced_matched"] for r in sel]
+            md, me, mdm, mem = (float(np.nanmean(v)) for v in (deg, enh, deg_m, enh_m))
             p_better, p_worse = one_sided_p(deg, enh, HIGHER_IS_BETTER[m])
-            cell["metrics"][m] = {"degraded": md, "enhanced": me, "rel": rel, "abs": me - md,
-                                  "p_better": p_better, "p_worse": p_worse}
+            beyond_better, beyond_worse = one_sided_p(deg_m, enh_m, HIGHER_IS_BETTER[m])
+            cell["metrics"][m] = {"degraded": md, "enhanced": me, "rel": relative_change(m, md, me), "abs": me - md,
+                                  "p_better": p_better, "p_worse": p_worse,
+                                  "degraded_matched": mdm, "enhanced_matched": mem,
+                                  "level_rel": relative_change(m, md, mdm), "matched_rel": relative_change(m, md, mem),
+                                  "beyond_rel": relative_change(m, mdm, mem), "beyond_abs": mem - mdm,
+                                  "beyond_p_better": beyond_better, "beyond_p_worse": beyond_worse}
         out.append(cell)
     return out

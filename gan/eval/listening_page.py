@@ -17,6 +17,8 @@ from html import escape
 
 from gan.eval.listening_results import FORMAT, VERSION
 from gan.eval.metrics import HIGHER_IS_BETTER
+from gan.eval.report import (LEVEL_CAPTION, LEVEL_HEAD, level_rows, matrix_caption, matrix_cell, matrix_columns,
+                             shifter_name)
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -119,7 +121,23 @@ def _header(report: dict, examples: list[dict], meta: dict) -> str:
             f"<code>{escape(meta['report_id'])}</code></p>\n<p><b>Loudness-matched playback:</b> every version of "
             f"an example is scaled to the same integrated loudness, {meta['target']:g} LUFS (ITU-R BS.1770), so "
             f"louder never sounds better by accident; nothing clips: where a peak would exceed {meta['ceiling']:g} "
-            "dBFS the whole example plays quieter, and its section says so.</p>\n" + ck)
+            "dBFS the whole example plays quieter, and its section says so. So the <b>gain-matched input</b> (the "
+            "degraded input scaled by one gain per file to the clean reference's energy) would sound exactly like "
+            "the degraded input: it has no player, only its metrics, which show what level alone buys.</p>\n" + ck)
+
+
+MARKS = {"better": " +", "worse": " -"}
+
+
+def _compare(title: str, compare: dict) -> str:
+    rows, classes = [], []
+    for m, c in compare.items():
+        rows.append([m, _num(c["mean_a"]), _num(c["mean_b"]), _num(c["mean_diff"], "+.4g"),
+                     f"[{_num(c['ci95'][0])}, {_num(c['ci95'][1])}]", _num(c["t_p"], ".3g"),
+                     _num(c["wilcoxon_p"], ".3g"), c["better"]])
+        classes.append([""] * 7 + ["better" if c["better"] in ("a", "b") else ""])
+    return f"<h3>{escape(title)}</h3>" + _table(
+        ["metric", "mean A", "mean B", "B - A", "95% CI", "t-test p", "Wilcoxon p", "better"], rows, classes)
 
 
 def _summary(report: dict) -> str:
@@ -136,50 +154,62 @@ def _summary(report: dict) -> str:
             classes.append(["", "", "", "", cls, cls])
         parts.append(f"<h3>checkpoint {escape(lab)}</h3>" + _table(
             ["metric", "better is", "degraded", "enhanced", "improvement", "verdict"], rows, classes))
+        notes = dict.fromkeys(v["note"] for v in report["verdict"][lab].values() if v.get("note"))
+        parts += [f"<p class=\"note\">{escape(n)}</p>" for n in notes]
+        level = level_rows(report, lab)
+        parts.append(f"<p class=\"note\">{escape(LEVEL_CAPTION)}; + / -: one-sided paired Wilcoxon p &lt; 0.01 "
+                     "better / worse.</p>" + _table(
+                         ["metric", *LEVEL_HEAD], [[m, *cells[:-1], cells[-1] + MARKS.get(word, "")]
+                                                   for m, cells, word in level],
+                         [[""] * 6 + [word if word in MARKS else ""] for _, _, word in level]))
     if "compare" in report:
-        rows, classes = [], []
-        for m, c in report["compare"].items():
-            rows.append([m, _num(c["mean_a"]), _num(c["mean_b"]), _num(c["mean_diff"], "+.4g"),
-                         f"[{_num(c['ci95'][0])}, {_num(c['ci95'][1])}]", _num(c["t_p"], ".3g"),
-                         _num(c["wilcoxon_p"], ".3g"), c["better"]])
-            classes.append([""] * 7 + ["better" if c["better"] in ("a", "b") else ""])
-        parts.append("<h3>paired comparison of the enhanced scores, B - A</h3>" + _table(
-            ["metric", "mean A", "mean B", "B - A", "95% CI", "t-test p", "Wilcoxon p", "better"], rows, classes))
+        parts.append(_compare("paired comparison of the enhanced scores, B - A", report["compare"]))
+        parts.append(_compare("paired comparison of the gain-matched enhanced scores, B - A",
+                              report["compare_matched"]))
     for lab, cells in report.get("matrix", {}).items():
+        columns = matrix_columns(report["metrics"])
         rows, classes = [], []
         for c in cells:
-            row, cls = [c["shifter"] + ("" if c["trained"] or c["shifter"] == "none" else "*"), c["shift"], c["n"]], []
-            for m in report["metrics"]:
-                v = c["metrics"][m]
-                mark = "better" if v["p_better"] < 0.01 else "worse" if v["p_worse"] < 0.01 else ""
-                text = f"{v['abs']:+.4f} abs" if not math.isfinite(v["rel"]) else f"{100 * v['rel']:+.1f}%"
-                row.append(text + {"better": " +", "worse": " -"}.get(mark, ""))
-                cls.append(mark)
+            row, cls = [shifter_name(c), c["shift"], c["n"]], []
+            for m, kind in columns:
+                text, mark = matrix_cell(c["metrics"][m], kind)
+                row.append(f"{text} {mark}".strip())
+                cls.append({"+": "better", "-": "worse"}.get(mark, ""))
             rows.append(row)
             classes.append(["", "", "", *cls])
-        parts.append(f"<h3>shifter &times; metric matrix, checkpoint {escape(lab)}</h3><p class=\"note\">relative "
-                     "improvement of the mean distance (+ = closer to clean); + / -: one-sided paired Wilcoxon p "
-                     "&lt; 0.01 better / worse; * = shifter not in the training mix; shift 0: distance of the output "
-                     "to the clean input.</p>" + _table(["shifter", "shift", "n", *report["metrics"]], rows, classes))
+        parts.append(f"<h3>shifter &times; metric matrix, checkpoint {escape(lab)}</h3><p class=\"note\">"
+                     f"{escape(matrix_caption(report['metrics']))}.</p>"
+                     + _table(["shifter", "shift", "n", *(f"{m} {k}".strip() for m, k in columns)], rows, classes))
     for m, why in report.get("skipped_metrics", {}).items():
         parts.append(f"<p class=\"note\">{escape(m)} skipped: {escape(why)}</p>")
     return "\n".join(parts)
 
 
+def _changes(values: list[float]) -> tuple[list[str], list[str]]:
+    """Signed improvements -> (texts with ▲ / ▼, CSS classes)."""
+    marks = ["better" if i > 0 else "worse" if i < 0 else "" for i in values]
+    return ([f"{_num(i, '+.4g')} {'▲ better' if k == 'better' else '▼ worse' if k == 'worse' else ''}"
+             for i, k in zip(values, marks)], marks)
+
+
 def _metrics(e: dict, report: dict) -> str:
+    """An example's metrics: the input, each output and its change, and the level-matched baselines: the gain-matched
+    input and each gain-matched output's change against it (beyond level)."""
     labels = [r["checkpoint"] for r in e["rows"]]
-    head = ["metric", "degraded", *(f"enhanced {lab}" for lab in labels), *(f"{lab} change" for lab in labels)]
+    head = ["metric", "degraded", *(f"enhanced {lab}" for lab in labels), *(f"{lab} change" for lab in labels),
+            "gain-matched input", *(f"{lab} beyond level" for lab in labels)]
     rows, classes = [], []
     for m in report["metrics"]:
-        imps = [r[f"{m}_improvement"] for r in e["rows"]]
-        marks = ["better" if i > 0 else "worse" if i < 0 else "" for i in imps]
+        change, marks = _changes([r[f"{m}_improvement"] for r in e["rows"]])
+        beyond, beyond_marks = _changes([r[f"{m}_beyond_level"] for r in e["rows"]])
         direction = "higher" if HIGHER_IS_BETTER[m] else "lower"
         rows.append([f"{m} ({direction} is better)", _num(e["rows"][0][f"{m}_degraded"]),
-                     *(_num(r[f"{m}_enhanced"]) for r in e["rows"]),
-                     *(f"{_num(i, '+.4g')} {'▲ better' if k == 'better' else '▼ worse' if k == 'worse' else ''}"
-                       for i, k in zip(imps, marks))])
-        classes.append(["", "", *marks, *marks])
-    return _table(head, rows, classes)
+                     *(_num(r[f"{m}_enhanced"]) for r in e["rows"]), *change,
+                     _num(e["rows"][0][f"{m}_degraded_matched"]), *beyond])
+        classes.append(["", "", *marks, *marks, "", *beyond_marks])
+    gain = e["rows"][0]["input_gain"]
+    return (_table(head, rows, classes) + f"<p class=\"note\">oracle gain of the input: {_num(gain, '.3g')} "
+            f"({_num(20 * math.log10(gain), '+.1f')} dB)</p>")
 
 
 def render_report(report: dict, examples: list[dict], meta: dict) -> str:

@@ -154,6 +154,11 @@ def improvement(name: str, degraded: float, enhanced: float) -> float:
     return enhanced - degraded if HIGHER_IS_BETTER[name] else degraded - enhanced
 
 
+def relative_change(name: str, before: float, after: float) -> float:
+    """``improvement(name, before, after) / |before|``: + = better, 0.05 = 5 % closer; NaN when ``before`` is 0."""
+    return improvement(name, before, after) / abs(before) if before else math.nan
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -197,6 +202,26 @@ def paired_test(a, b, higher_is_better: bool = True, alpha: float = 0.05) -> dic
         better = "b" if (d.mean() > 0) == higher_is_better else "a"
     return {**res, "ci95": [res["mean_diff"] - half, res["mean_diff"] + half], "t_p": t_p, "wilcoxon_p": w_p,
             "better": better}
+
+
+def smallest_p(n: int) -> float:
+    """The smallest p-value a one-sided exact Wilcoxon signed-rank test of ``n`` pairs can give: ``2^-n``
+    (every difference of one sign)."""
+    return 2.0 ** -n
+
+
+def pairs_needed(alpha: float) -> int:
+    """The fewest pairs whose smallest one-sided p is below ``alpha``: 7 for 0.01, 5 for 0.05."""
+    return math.floor(math.log2(1 / alpha)) + 1
+
+
+def too_few_note(n: int, alpha: float = 0.01) -> str | None:
+    """A one-line note when ``n`` pairs cannot reach ``p < alpha`` whatever the data; None otherwise."""
+    if smallest_p(n) < alpha:
+        return None
+    return (f"{n} examples cannot reach p < {alpha:g} (the smallest one-sided Wilcoxon p is 2^-{n} = "
+            f"{smallest_p(n):.3g}): score {pairs_needed(alpha)} or more, e.g. more files or a cache's val split "
+            "(--data <cache>)")
 
 
 def one_sided_p(degraded, enhanced, higher_is_better: bool) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import torch
 from gan.config import Config, ConfigError, config_from_dict
 from gan.dsp.chunking import round_up
 from gan.errors import first_line
-from gan.train.checkpoint import CheckpointError, CheckpointManager, strip_wrapper_prefixes
+from gan.train.checkpoint import CheckpointError, CheckpointManager, read_generator_file, strip_wrapper_prefixes
 
 
 @dataclass
@@ -69,14 +69,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {})
     except (yaml.YAMLError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {cfg_path}: unusable config ({str(e).splitlines()[0]})") from None
-    try:
-        blob = torch.load(weights, map_location="cpu", weights_only=True)
-        state = blob["state_dict"]
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        msg = first_line(e)
-        raise CheckpointError(f"checkpoint {weights}: unreadable ({msg}); pick another checkpoint") from None
+    blob = read_generator_file(weights)
     model = build_generator(cfg.generator)
-    state = strip_wrapper_prefixes(state)
+    state = strip_wrapper_prefixes(blob["state_dict"])
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

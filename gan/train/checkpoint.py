@@ -181,6 +181,28 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def read_generator_file(path: str | Path) -> dict:
+    """A ``generator.pt`` (``{"state_dict", "step", "ema"}``) read onto the CPU, tensors only (``weights_only``).
+
+    Raises ``CheckpointError``, one line naming ``path``, for a file torch cannot read (truncated,
+    corrupt, another program's) or one without a ``state_dict``; never torch's own advice.
+    """
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on a foreign pickle's protocol: our line says it all
+            warnings.simplefilter("ignore", UserWarning)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for truncated or foreign files, with advice not to pass on
+        blob = None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path}: not a readable generator checkpoint (truncated, corrupt or "
+                              "not written by unshift); re-download it or save it again")
+    return blob
+
+
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
 
 

@@ -25,8 +25,8 @@ from gan.config import Config, TrainerConfig, dump_config, to_dict
 from gan.config.loader import RENAMED_DISCRIMINATORS
 from gan.errors import first_line
 from gan.log import get_logger
-from gan.train.checkpoint import (CheckpointError, CheckpointManager, resolve_resume, setup_writers,
-                                  strip_wrapper_prefixes)
+from gan.train.checkpoint import (CheckpointError, CheckpointManager, read_generator_file, resolve_resume,
+                                  setup_writers, strip_wrapper_prefixes)
 from gan.train.gan_step import NonFiniteError
 
 log = get_logger(__name__)
@@ -140,7 +140,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     for net, name, file in sources:
         if not file.is_file():
             continue
-        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
+        state = load_file(file) if file.suffix == ".safetensors" else read_generator_file(file)["state_dict"]
         try:
             net.load_state_dict(strip_wrapper_prefixes(state))
         except RuntimeError as e:
