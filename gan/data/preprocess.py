@@ -54,7 +54,8 @@ def cache_status(cfg: DataConfig) -> str:
     return "ok"
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same folder (``~``, trailing slashes, ``..`` and links resolved)."""
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
@@ -98,7 +99,7 @@ def _ensure_cache(data_cfg: DataConfig, rebuild: bool, progress: bool, num_worke
             built_from = json.loads((path / "manifest.json").read_text()).get("audio_dir", "?")
         except (OSError, ValueError):
             built_from = "?"  # unreadable: rebuilt
-        if built_from != "?" and not _same_folder(built_from, data_cfg.audio_dir):
+        if built_from != "?" and not same_folder(built_from, data_cfg.audio_dir):
             raise CacheError(f"cache {path}: holds the audio of {built_from}, not {data_cfg.audio_dir}; set "
                              "data.cache_dir to a folder of its own for this data (a cache is never replaced by "
                              "one of other recordings)")
