@@ -104,8 +104,11 @@ def test_load_generator_from_run_and_step_dirs(tmp_path, registry):
 
 
 def test_load_generator_errors(tmp_path, registry):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match=r"nope: no such file or folder; pass a run directory"):
         load_generator(tmp_path / "nope")
+    (tmp_path / "song.wav").write_bytes(b"RIFF")
+    with pytest.raises(CheckpointError, match=r"song.wav: a file but not a generator.pt; pass a run directory"):
+        load_generator(tmp_path / "song.wav")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_generator(tmp_path / "empty")
