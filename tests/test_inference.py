@@ -146,6 +146,17 @@ def test_enhance_file_keeps_rate_channels_length_and_subtype(tmp_path, registry)
         output_paths([tmp_path / "in.wav", tmp_path / "b" / "in.wav"], tmp_path / "o")
 
 
+def test_output_folder_inside_an_input_folder_is_refused(tmp_path):
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "b" / "in.wav", np.zeros(100, np.float32), 44100)
+    for out in (tmp_path / "b", tmp_path / "b" / "cleaned", tmp_path / "b" / ".." / "b"):  # a folder into itself
+        with pytest.raises(AudioError, match=rf"^-o {out}: lies inside the input folder {tmp_path / 'b'} \(it "
+                                             rf"would write {out / 'b'}/\.\.\., read as input next time\)"):
+            output_paths([tmp_path / "b"], out)
+    assert output_paths([tmp_path / "b"], tmp_path / "bb") == [(tmp_path / "b" / "in.wav",
+                                                                tmp_path / "bb" / "b" / "in.wav")]
+
+
 def test_enhance_cli_identity_shift_0_returns_input(tmp_path, registry, monkeypatch):
     monkeypatch.setattr(Toy, "forward", lambda self, x: x.clone())  # identity weights
     write_checkpoint(tmp_path / "run", {"name": "toy"})
