@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. data.audio_dir=/data/songs (repeatable)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the cache is up to date")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core, at most one per 2 GB of available memory: a "
+                        "worker takes up to about 1.8 GB on long files; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
