@@ -166,6 +166,7 @@ def test_multi_process_resume_is_exact(tiny_data, tmp_path, processes):
     a = subprocess.run(launch + ["--run-dir", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env=env)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
+    assert "did not find any unused parameters" not in a.stdout + a.stderr  # expected, so not shown
     ckpt = tmp_path / "a" / "checkpoints"
     b = subprocess.run(launch + ["--run-dir", str(tmp_path / "b"), "--resume", str(ckpt / "step_000000003")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -339,3 +340,31 @@ def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Setting accelerator to CPU" not in out.stdout + out.stderr
     assert "fresh start; run directory" in out.stderr
+
+
+def test_ddps_expected_unused_parameters_warning_is_dropped_and_other_output_kept(tmp_path):
+    # a fresh process: torch prints the warning once per process, from C++
+    script = f"""
+import os, torch, torch.distributed as dist
+from gan.train.backend import quiet_unused_parameters_warning
+
+class Loud(torch.nn.Linear):
+    def forward(self, x):
+        os.write(2, b"a line of the model's own\\n")
+        return super().forward(x)
+
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'pg'}", rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(Loud(3, 1), find_unused_parameters=True)
+quiet_unused_parameters_warning(model)
+with torch.no_grad():
+    model(torch.ones(2, 3))  # no search for unused parameters: the filter waits for a training forward
+for _ in range(2):
+    model(torch.ones(2, 3)).sum().backward()
+assert not model._forward_hooks and not model._forward_pre_hooks
+dist.destroy_process_group()
+"""
+    out = subprocess.run([PY, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "did not find any unused parameters" not in out.stderr
+    assert out.stderr.count("a line of the model's own") == 3
