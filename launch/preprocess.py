@@ -34,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
+    from gan.data.cache import open_cache, split_sizes
     from gan.data.preprocess import cache_status, ensure_cache
 
     cfg = load_config(args.config, args.overrides)
     status = cache_status(cfg.data)
     path = ensure_cache(cfg.data, rebuild=args.rebuild, progress=not args.quiet, num_workers=args.workers)
     if status == "ok" and not args.rebuild:
-        print(f"cache {path}: up to date (use --rebuild to rebuild it)", file=sys.stderr)
+        print(f"cache {path}: up to date: {split_sizes(open_cache(path).manifest)} (use --rebuild to rebuild it)",
+              file=sys.stderr)
     return 0
 
 

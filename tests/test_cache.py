@@ -54,6 +54,9 @@ def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_di
                        "empty.wav": "empty"}
     assert sum(line.startswith("warning: skipped") for line in lines) == 4
     assert "2/6 files" in lines[-1] and "skipped 1 empty, 1 silent, 1 too short, 1 unreadable" in lines[-1]
+    sec = {split: f"{manifest['seconds'][split]:.1f}" for split in ("train", "val")}  # one file each
+    assert f": train 1 file ({sec['train']} s), val 1 file ({sec['val']} s) by data.val_fraction 0.5;" in lines[-1]
+    assert sorted(sec.values()) == ["0.6", "1.5"]  # the mono file, the stereo file
 
     cache = open_cache(cfg.cache_dir)
     assert cache.shifts == [-10, 12]

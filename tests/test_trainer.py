@@ -368,3 +368,43 @@ dist.destroy_process_group()
     assert out.returncode == 0, out.stderr[-2000:]
     assert "did not find any unused parameters" not in out.stderr
     assert out.stderr.count("a line of the model's own") == 3
+
+
+def test_a_run_says_its_splits_each_validation_and_a_closing_line(tiny_data, tmp_path, capsys):
+    import re
+
+    from gan.train.validator import val_line
+
+    assert val_line(250, {"val/mel_distance": 1.123, "val/mel_distance_degraded": 1.161}) == \
+        "val step 250: mel 1.123 (input 1.161, -3.3 %)"
+    run = tmp_path / "run"
+    tr = make_trainer(tiny_data, run, max_steps=4, pretrain_steps=4, val_every=2)
+    tr.train()
+    tr.close()
+    err = capsys.readouterr().err
+    assert f"data: cache {tiny_data[1]}: train 3 files (4.5 s), val 1 file (1.5 s) by data.val_fraction 0.25" in err
+    vals = re.findall(r"^val step (\d): mel (\d\.\d{3}) \(input (\d\.\d{3}), ([+-]\d+\.\d) %\)$", err, re.M)
+    assert [v[0] for v in vals] == ["2", "4"]
+    assert all(v[2] == vals[0][2] for v in vals)  # the same degraded input each time
+    last = f"val step 4: mel {vals[1][1]} (input {vals[1][2]}, {vals[1][3]} %)"
+    assert re.search(rf"^done: steps 0 -> 4 in \d+\.\d min; last {re.escape(last)}; checkpoint "
+                     rf"{run / 'checkpoints' / 'step_000000004'}; curves: tensorboard --logdir {run / 'tb'}$", err, re.M)
+
+
+def test_an_empty_validation_split_is_said_at_start(tmp_path, capsys):
+    from gan.data.preprocess import ensure_cache
+    from gan.dsp.audio import read_audio, to_mono, write_audio
+    from gan.train.validator import Validator
+    from conftest import DEMO_AUDIO
+
+    x, sr = read_audio(DEMO_AUDIO / "loop_amen.flac")  # one file: it goes to the training split
+    write_audio(tmp_path / "audio" / "loop_amen.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
+    cfg = config_from_dict(tiny_dict(tmp_path / "audio", tmp_path / "cache"))
+    ensure_cache(cfg.data, progress=False, num_workers=0)
+    capsys.readouterr()
+    validator = Validator(cfg, tmp_path / "cache", torch.device("cpu"), runlog=None, enabled=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"data: cache {tmp_path / 'cache'}: train 1 file (1.5 s), val 0 files (0.0 s) by data.val_fraction 0.25",
+        "note: the validation split is empty (data.val_fraction 0.25; a file goes wholly to one split): no val/ "
+        "scalars, audio or validation lines in this run; add recordings to data.audio_dir"]
+    assert validator(torch.nn.Identity(), 3) == {}

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from gan.config import ConfigError, DataConfig, config_hash
-from gan.data.cache import FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash
+from gan.data.cache import (FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash,
+                            split_sizes)
 from gan.data.recipe import (MAX_PEAK, bandlimit, degrade_piece, mono_model_rate, num_variants, piece_bounds,
                              piece_shifts, split_of, unit_hash)
 from gan.cpu import usable_cores
@@ -360,15 +361,13 @@ def _replace(tmp: Path, path: Path) -> None:
 
 def summary(manifest: dict, n_files: int, path: Path) -> str:
     """One line: what went into the cache at ``path`` and what was skipped."""
-    sec = manifest["seconds"]
     counts: dict[str, int] = {}
     for s in manifest["skipped"]:
         kind = s["reason"].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
-    line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']}, "
-            f"{sec['train']:.1f} s train + {sec['val']:.1f} s val x {manifest['variants']} round trips "
-            f"(shifts {min(manifest['shifts']):+d}..{max(manifest['shifts']):+d}) "
-            f"in {manifest['build_seconds']:.1f} s")
+    line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']} "
+            f"x {manifest['variants']} round trips (shifts {min(manifest['shifts']):+d}..{max(manifest['shifts']):+d}) "
+            f"in {manifest['build_seconds']:.1f} s: {split_sizes(manifest)}")
     if counts:
         line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     if manifest["dropped_pieces"]:
