@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import tempfile
+from contextlib import contextmanager
 
 ROOT = "unshift"
 
@@ -48,6 +51,30 @@ def _configure() -> logging.Logger:
         root.setLevel(os.environ.get("UNSHIFT_LOG_LEVEL", "INFO").upper())
         root.propagate = False
     return root
+
+
+@contextmanager
+def drop_stderr_lines(pattern: re.Pattern):
+    """Drop the lines matching ``pattern`` from what this process writes to standard error meanwhile.
+
+    Works on file descriptor 2, so it also catches what C++ code (torch's ``TORCH_WARN``) prints
+    past Python's ``warnings`` filters; the other lines are written out, in order, at the end.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [ln for ln in held.read().splitlines(keepends=True)
+                    if not pattern.search(ln.decode(errors="replace"))]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def get_logger(module: str) -> logging.Logger:

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. data.audio_dir=/data/songs (repeatable)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if the cache is up to date")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core, at most one per 2 GB of available memory: a "
+                        "worker takes up to about 1.8 GB on long files; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -32,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
+    from gan.data.cache import open_cache, split_sizes
     from gan.data.preprocess import cache_status, ensure_cache
 
     cfg = load_config(args.config, args.overrides)
     status = cache_status(cfg.data)
     path = ensure_cache(cfg.data, rebuild=args.rebuild, progress=not args.quiet, num_workers=args.workers)
     if status == "ok" and not args.rebuild:
-        print(f"cache {path}: up to date (use --rebuild to rebuild it)", file=sys.stderr)
+        print(f"cache {path}: up to date: {split_sizes(open_cache(path).manifest)} (use --rebuild to rebuild it)",
+              file=sys.stderr)
     return 0
 
 

@@ -54,6 +54,9 @@ def test_preprocess_skips_bad_files_and_stores_mono_48k_pairs(tmp_path, audio_di
                        "empty.wav": "empty"}
     assert sum(line.startswith("warning: skipped") for line in lines) == 4
     assert "2/6 files" in lines[-1] and "skipped 1 empty, 1 silent, 1 too short, 1 unreadable" in lines[-1]
+    sec = {split: f"{manifest['seconds'][split]:.1f}" for split in ("train", "val")}  # one file each
+    assert f": train 1 file ({sec['train']} s), val 1 file ({sec['val']} s) by data.val_fraction 0.5;" in lines[-1]
+    assert sorted(sec.values()) == ["0.6", "1.5"]  # the mono file, the stereo file
 
     cache = open_cache(cfg.cache_dir)
     assert cache.shifts == [-10, 12]
@@ -346,3 +349,21 @@ def test_processes_sharing_a_cache_folder_build_it_once(tmp_path, audio_dir):
     builds = sum(out.count("2/6 files of") for out in outs)  # the summary line of a build
     assert builds == 1, outs
     assert cache_status(make_cfg(tmp_path, audio_dir)) != "missing"
+
+
+def test_default_workers_fit_the_available_memory(tmp_path, audio_dir, monkeypatch):
+    monkeypatch.setattr(preprocess_mod, "usable_cores", lambda: 8)
+    for free_gb, workers in [(64, 8), (5, 2), (1, 1), (0, 1)]:  # 2 GB per worker, at least one
+        monkeypatch.setattr(preprocess_mod, "available_memory", lambda: free_gb * 2**30)
+        assert preprocess_mod.default_workers() == workers
+    monkeypatch.setattr(preprocess_mod, "available_memory", lambda: None)  # unknown: one per core
+    assert preprocess_mod.default_workers() == 8
+    used = []
+    monkeypatch.setattr(preprocess_mod, "default_workers", lambda: 1)
+    monkeypatch.setattr(preprocess_mod, "_map", lambda tasks, cfg, n: used.append(n) or [])
+    with pytest.raises(CacheError):  # nothing processed
+        preprocess_mod.build_cache(make_cfg(tmp_path, audio_dir), progress=False, warn=lambda m: None)
+    assert used == [1]
+    help_text = subprocess.run([sys.executable, str(ROOT / "launch" / "preprocess.py"), "--help"],
+                               capture_output=True, text=True).stdout
+    assert "at most one per 2 GB of available memory" in " ".join(help_text.split())

@@ -36,8 +36,12 @@ def test_resolve_resume(tmp_path):
     _save(m, 5)
     assert resolve_resume(tmp_path, str(tmp_path)).name == "step_000000005"
     assert resolve_resume(tmp_path, str(m.final_dir(5))) == m.final_dir(5)
-    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match=r"--resume .*nowhere: no such file or folder; give a checkpoints/"):
         resolve_resume(tmp_path, str(tmp_path / "nowhere"))
+    with pytest.raises(CheckpointError, match=r"--init-from .*trainer_state.pt: a file, not a checkpoint directory"):
+        resolve_resume(tmp_path, str(m.final_dir(5) / "trainer_state.pt"), option="--init-from")
+    with pytest.raises(CheckpointError, match=r"--resume .*checkpoints: not a complete checkpoint \(no trainer_state"):
+        resolve_resume(tmp_path, str(tmp_path / "checkpoints"))  # a folder, but neither a run nor a step
 
 
 def test_dangling_latest_pointer_is_a_clear_error(tmp_path):

@@ -121,6 +121,22 @@ def test_config_lookup(tmp_path):
         load_config(p)
 
 
+def test_a_key_written_twice_is_an_error_naming_it_and_the_file(fake_registry, tmp_path):
+    p = tmp_path / "twice.yaml"
+    text = yaml.safe_dump(base(), sort_keys=False)  # trainer: max_steps: 100, pretrain_steps: 10 last
+    p.write_text(text + "  max_steps: 200\n")
+    n = len(text.splitlines())
+    with pytest.raises(ConfigError, match=rf"^config {p}: trainer.max_steps: set twice \(lines {n - 1} and {n + 1}\); "
+                                          "keep one$"):
+        load_config(p)
+    # anchors and merge keys still work: a key a mapping takes from `<<` may be overridden there
+    p.write_text(text + "  log_every: 7\noptim:\n  generator:\n    scheduler: &s {name: cosine, warmup_steps: 2}\n"
+                 "  discriminator:\n    scheduler:\n      <<: *s\n      warmup_steps: 5\n")
+    cfg = load_config(p)
+    assert cfg.trainer.log_every == 7 and cfg.optim.discriminator.scheduler.name == "cosine"
+    assert (cfg.optim.generator.scheduler.warmup_steps, cfg.optim.discriminator.scheduler.warmup_steps) == (2, 5)
+
+
 def test_hash_is_stable_and_sensitive(fake_registry):
     a = config_from_dict(base())
     b = config_from_dict(base(), ["data.degrade.shifts=[12]"])

@@ -105,8 +105,11 @@ def test_load_generator_from_run_and_step_dirs(tmp_path, registry):
 
 
 def test_load_generator_errors(tmp_path, registry):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match=r"nope: no such file or folder; pass a run directory"):
         load_generator(tmp_path / "nope")
+    (tmp_path / "song.wav").write_bytes(b"RIFF")
+    with pytest.raises(CheckpointError, match=r"song.wav: a file but not a generator.pt; pass a run directory"):
+        load_generator(tmp_path / "song.wav")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_generator(tmp_path / "empty")
@@ -168,6 +171,17 @@ def test_enhance_file_keeps_rate_channels_length_and_subtype(tmp_path, registry)
     sf.write(tmp_path / "b" / "in.wav", x[:100], 44100)
     with pytest.raises(AudioError, match="both"):
         output_paths([tmp_path / "in.wav", tmp_path / "b" / "in.wav"], tmp_path / "o")
+
+
+def test_output_folder_inside_an_input_folder_is_refused(tmp_path):
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "b" / "in.wav", np.zeros(100, np.float32), 44100)
+    for out in (tmp_path / "b", tmp_path / "b" / "cleaned", tmp_path / "b" / ".." / "b"):  # a folder into itself
+        with pytest.raises(AudioError, match=rf"^-o {out}: lies inside the input folder {tmp_path / 'b'} \(it "
+                                             rf"would write {out / 'b'}/\.\.\., read as input next time\)"):
+            output_paths([tmp_path / "b"], out)
+    assert output_paths([tmp_path / "b"], tmp_path / "bb") == [(tmp_path / "b" / "in.wav",
+                                                                tmp_path / "bb" / "b" / "in.wav")]
 
 
 def test_enhance_cli_identity_shift_0_returns_input(tmp_path, registry, monkeypatch):

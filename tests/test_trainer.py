@@ -166,6 +166,7 @@ def test_multi_process_resume_is_exact(tiny_data, tmp_path, processes):
     a = subprocess.run(launch + ["--run-dir", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env=env)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
+    assert "did not find any unused parameters" not in a.stdout + a.stderr  # expected, so not shown
     ckpt = tmp_path / "a" / "checkpoints"
     b = subprocess.run(launch + ["--run-dir", str(tmp_path / "b"), "--resume", str(ckpt / "step_000000003")],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -339,3 +340,71 @@ def test_a_plain_cpu_run_prints_no_deepspeed_warning(tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Setting accelerator to CPU" not in out.stdout + out.stderr
     assert "fresh start; run directory" in out.stderr
+
+
+def test_ddps_expected_unused_parameters_warning_is_dropped_and_other_output_kept(tmp_path):
+    # a fresh process: torch prints the warning once per process, from C++
+    script = f"""
+import os, torch, torch.distributed as dist
+from gan.train.backend import quiet_unused_parameters_warning
+
+class Loud(torch.nn.Linear):
+    def forward(self, x):
+        os.write(2, b"a line of the model's own\\n")
+        return super().forward(x)
+
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'pg'}", rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(Loud(3, 1), find_unused_parameters=True)
+quiet_unused_parameters_warning(model)
+with torch.no_grad():
+    model(torch.ones(2, 3))  # no search for unused parameters: the filter waits for a training forward
+for _ in range(2):
+    model(torch.ones(2, 3)).sum().backward()
+assert not model._forward_hooks and not model._forward_pre_hooks
+dist.destroy_process_group()
+"""
+    out = subprocess.run([PY, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "did not find any unused parameters" not in out.stderr
+    assert out.stderr.count("a line of the model's own") == 3
+
+
+def test_a_run_says_its_splits_each_validation_and_a_closing_line(tiny_data, tmp_path, capsys):
+    import re
+
+    from gan.train.validator import val_line
+
+    assert val_line(250, {"val/mel_distance": 1.123, "val/mel_distance_degraded": 1.161}) == \
+        "val step 250: mel 1.123 (input 1.161, -3.3 %)"
+    run = tmp_path / "run"
+    tr = make_trainer(tiny_data, run, max_steps=4, pretrain_steps=4, val_every=2)
+    tr.train()
+    tr.close()
+    err = capsys.readouterr().err
+    assert f"data: cache {tiny_data[1]}: train 3 files (4.5 s), val 1 file (1.5 s) by data.val_fraction 0.25" in err
+    vals = re.findall(r"^val step (\d): mel (\d\.\d{3}) \(input (\d\.\d{3}), ([+-]\d+\.\d) %\)$", err, re.M)
+    assert [v[0] for v in vals] == ["2", "4"]
+    assert all(v[2] == vals[0][2] for v in vals)  # the same degraded input each time
+    last = f"val step 4: mel {vals[1][1]} (input {vals[1][2]}, {vals[1][3]} %)"
+    assert re.search(rf"^done: steps 0 -> 4 in \d+\.\d min; last {re.escape(last)}; checkpoint "
+                     rf"{run / 'checkpoints' / 'step_000000004'}; curves: tensorboard --logdir {run / 'tb'}$", err, re.M)
+
+
+def test_an_empty_validation_split_is_said_at_start(tmp_path, capsys):
+    from gan.data.preprocess import ensure_cache
+    from gan.dsp.audio import read_audio, to_mono, write_audio
+    from gan.train.validator import Validator
+    from conftest import DEMO_AUDIO
+
+    x, sr = read_audio(DEMO_AUDIO / "loop_amen.flac")  # one file: it goes to the training split
+    write_audio(tmp_path / "audio" / "loop_amen.wav", to_mono(x)[None, : int(1.5 * sr)], sr)
+    cfg = config_from_dict(tiny_dict(tmp_path / "audio", tmp_path / "cache"))
+    ensure_cache(cfg.data, progress=False, num_workers=0)
+    capsys.readouterr()
+    validator = Validator(cfg, tmp_path / "cache", torch.device("cpu"), runlog=None, enabled=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"data: cache {tmp_path / 'cache'}: train 1 file (1.5 s), val 0 files (0.0 s) by data.val_fraction 0.25",
+        "note: the validation split is empty (data.val_fraction 0.25; a file goes wholly to one split): no val/ "
+        "scalars, audio or validation lines in this run; add recordings to data.audio_dir"]
+    assert validator(torch.nn.Identity(), 3) == {}

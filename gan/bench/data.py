@@ -17,8 +17,7 @@ import soundfile as sf
 
 from gan.config import DataConfig, DegradeConfig
 from gan.data.loader import make_train_loader
-from gan.cpu import usable_cores
-from gan.data.preprocess import build_cache
+from gan.data.preprocess import build_cache, default_workers
 from gan.dsp.audio import find_audio_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def add_args(parser) -> None:
     parser.add_argument("--audio-dir", default=str(ROOT / "data" / "demo"), help="recordings to preprocess")
     parser.add_argument("--seconds", type=float, default=30.0, help="preprocess about this much audio")
-    parser.add_argument("--workers", type=int, default=None, help="preprocessing workers (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="preprocessing workers (default: one per core, at most one per 2 GB of available memory)")
     parser.add_argument("--shifts", default="-12,-11,-10,10,11,12", help="comma-separated semitone shifts")
     parser.add_argument("--shifter", default="torchaudio", help="shifter used for every pair")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -69,7 +69,8 @@ def run(args) -> dict:
                          batch_size=args.batch_size, segment_length=args.segment_length,
                          degrade=DegradeConfig(shifts=shifts, shifters={args.shifter: 1.0}))
         t0 = time.perf_counter()
-        manifest = build_cache(cfg, progress=False, num_workers=args.workers, warn=lambda msg: None)
+        workers = default_workers() if args.workers is None else args.workers
+        manifest = build_cache(cfg, progress=False, num_workers=workers, warn=lambda msg: None)
         wall = time.perf_counter() - t0
         rates = {}
         for w in (int(x) for x in args.loader_workers.split(",")):
@@ -79,7 +80,7 @@ def run(args) -> dict:
         "preprocess_realtime_factor": round(audio_seconds / wall, 3),
         "preprocess": {"audio_seconds": round(audio_seconds, 1), "wall_seconds": round(wall, 1),
                        "cached_seconds": round(manifest["seconds"]["train"], 1), "shifts": shifts,
-                       "shifter": args.shifter, "workers": usable_cores() if args.workers is None else args.workers},
+                       "shifter": args.shifter, "workers": workers},
         "loader_batches_per_s": rates,
         "loader": {"batch_size": args.batch_size, "segment_length": args.segment_length,
                    "window_seconds": args.loader_seconds},

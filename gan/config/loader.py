@@ -248,18 +248,57 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return _build(Config, upgrade(data), "")
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(node: yaml.Node, prefix: str, seen: set[int]) -> None:
+    """Raise ``ConfigError`` for a key written twice in one mapping of the composed YAML ``node``.
+
+    Keys a mapping takes from a merge key (``<<: *anchor``) may be overridden; only keys the
+    mapping writes itself are compared. ``seen``: ids of nodes already checked (aliases).
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                _check_unique_keys(value_node, prefix, seen)
+                continue
+            key = _join(prefix, str(key_node.value)) if isinstance(key_node, yaml.ScalarNode) else prefix
+            line = key_node.start_mark.line + 1
+            if key in lines and isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"{key}: set twice (lines {lines[key]} and {line}); keep one")
+            lines[key] = line
+            _check_unique_keys(value_node, key, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, _join(prefix, str(i)), seen)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_document(self, node: yaml.Node):
+        _check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A run config from YAML: a bare name is looked up in ``configs/``, a path is used as given.
 
     ``overrides``: ``"a.b.c=value"`` strings (value parsed as YAML), validated like the file.
     Raises ``ConfigError`` (one line naming the dotted key) for a missing file, invalid YAML,
-    an unknown key, a wrong type or a broken cross-field rule.
+    a key written twice, an unknown key, a wrong type or a broken cross-field rule.
     """
     path = resolve_config_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from None
     return config_from_dict(data, overrides)
 
 

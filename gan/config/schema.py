@@ -50,8 +50,9 @@ class DegradeConfig:
 
 @dataclass
 class DataConfig:
-    audio_dir: str  # folder of recordings, searched recursively
-    cache_dir: str  # where preprocess writes the memmap cache
+    # paths (``metadata["path"]``): a resumed run compares them as paths, so /music/ is /music
+    audio_dir: str = field(metadata={"path": True})  # folder of recordings, searched recursively
+    cache_dir: str = field(metadata={"path": True})  # where preprocess writes the memmap cache
     sample_rate: int = 48000
     segment_length: int = 16384  # training crop, samples
     batch_size: int = 16  # per process

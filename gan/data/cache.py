@@ -119,5 +119,15 @@ class Cache:
         return np.memmap(p, dtype=np.int16, mode="r", shape=(n,)) if n else np.zeros(0, np.int16)
 
 
+def split_sizes(manifest: dict) -> str:
+    """What each split of a cache holds, as one phrase: ``train 3 files (4.5 s), val 1 file (1.5 s) by
+    data.val_fraction 0.25`` (seconds at 48 kHz, after skipped files and silent pieces)."""
+    def part(split: str) -> str:
+        n = len({item["file"] for item in manifest["splits"][split]["items"]})
+        return f"{split} {n} file{'' if n == 1 else 's'} ({manifest['seconds'][split]:.1f} s)"
+
+    return f"{part('train')}, {part('val')} by data.val_fraction {manifest['settings']['val_fraction']:g}"
+
+
 def open_cache(path: str | Path) -> Cache:
     return Cache(path)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from gan.config import ConfigError, DataConfig, config_hash
-from gan.data.cache import FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash
+from gan.data.cache import (FORMAT, SCALE, SPLITS, CacheError, array_name, cache_settings, sources_hash,
+                            split_sizes)
 from gan.data.recipe import (MAX_PEAK, bandlimit, degrade_piece, mono_model_rate, num_variants, piece_bounds,
                              piece_shifts, split_of, unit_hash)
 from gan.cpu import usable_cores
@@ -32,6 +33,35 @@ from gan.dsp.shifters import MAX_KERNEL_SIZE, MODEL_RATE, check_shifters, sinc_k
 from gan.log import get_logger
 
 log = get_logger(__name__)
+
+
+# Memory one preprocessing worker may take: about 1.8 GB measured on long files (a piece and its round trips
+# at 96 kHz in float64 while shifting), rounded up.
+WORKER_MEMORY = 2 * 2**30
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes: ``MemAvailable`` of /proc/meminfo (reclaimable page cache
+    included), else the free physical pages; None when neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_workers() -> int:
+    """Preprocessing worker processes when none are asked for: one per usable core, but at most one per
+    ``WORKER_MEMORY`` (2 GB) of available memory, and at least one."""
+    memory = available_memory()
+    cores = usable_cores()
+    return cores if memory is None else max(1, min(cores, memory // WORKER_MEMORY))
 
 
 def cache_status(cfg: DataConfig) -> str:
@@ -54,7 +84,8 @@ def cache_status(cfg: DataConfig) -> str:
     return "ok"
 
 
-def _same_folder(a: str | Path, b: str | Path) -> bool:
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same folder (``~``, trailing slashes, ``..`` and links resolved)."""
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
@@ -64,7 +95,7 @@ def ensure_cache(data_cfg: DataConfig, rebuild: bool = False, progress: bool = T
 
     A stale cache (other settings or other audio files) is rebuilt, or raises
     ``CacheError`` when ``data.on_stale_cache`` is ``error``. ``num_workers``: worker
-    processes (None: all cores; 0: in this process). Callers on several machines (or
+    processes (None: ``default_workers()``, by cores and available memory; 0: in this process). Callers on several machines (or
     processes) sharing a filesystem are serialised by a lock file beside the cache, so the
     cache is built once and the others find it ready.
     """
@@ -98,7 +129,7 @@ def _ensure_cache(data_cfg: DataConfig, rebuild: bool, progress: bool, num_worke
             built_from = json.loads((path / "manifest.json").read_text()).get("audio_dir", "?")
         except (OSError, ValueError):
             built_from = "?"  # unreadable: rebuilt
-        if built_from != "?" and not _same_folder(built_from, data_cfg.audio_dir):
+        if built_from != "?" and not same_folder(built_from, data_cfg.audio_dir):
             raise CacheError(f"cache {path}: holds the audio of {built_from}, not {data_cfg.audio_dir}; set "
                              "data.cache_dir to a folder of its own for this data (a cache is never replaced by "
                              "one of other recordings)")
@@ -251,7 +282,7 @@ def build_cache(cfg: DataConfig, progress: bool = True, num_workers: int | None 
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     tasks, skipped = _plan(cfg, files, root, warn)
-    workers = usable_cores() if num_workers is None else num_workers
+    workers = default_workers() if num_workers is None else num_workers
     workers = max(0, min(workers, len(tasks)))
     splits = {s: {"samples": 0, "items": []} for s in SPLITS}
     failed: dict[str, str] = {}
@@ -330,15 +361,13 @@ def _replace(tmp: Path, path: Path) -> None:
 
 def summary(manifest: dict, n_files: int, path: Path) -> str:
     """One line: what went into the cache at ``path`` and what was skipped."""
-    sec = manifest["seconds"]
     counts: dict[str, int] = {}
     for s in manifest["skipped"]:
         kind = s["reason"].split(" (")[0]
         counts[kind] = counts.get(kind, 0) + 1
-    line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']}, "
-            f"{sec['train']:.1f} s train + {sec['val']:.1f} s val x {manifest['variants']} round trips "
-            f"(shifts {min(manifest['shifts']):+d}..{max(manifest['shifts']):+d}) "
-            f"in {manifest['build_seconds']:.1f} s")
+    line = (f"cache {path}: {n_files - len(manifest['skipped'])}/{n_files} files of {manifest['audio_dir']} "
+            f"x {manifest['variants']} round trips (shifts {min(manifest['shifts']):+d}..{max(manifest['shifts']):+d}) "
+            f"in {manifest['build_seconds']:.1f} s: {split_sizes(manifest)}")
     if counts:
         line += "; skipped " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     if manifest["dropped_pieces"]:

@@ -199,11 +199,21 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 
 def output_paths(inputs: list[str | Path], out_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Files and folders -> (input file, output file) pairs; folders keep their relative layout."""
+    """Files and folders -> (input file, output file) pairs; folders keep their relative layout.
+
+    Raises ``AudioError`` for a missing input, an output that would overwrite an input or
+    take two inputs, and an output folder inside an input folder (its results would become
+    input of the next run, one level deeper each time).
+    """
     out_dir = Path(out_dir)
     pairs = []
     for item in map(Path, inputs):
         if item.is_dir():
+            inside = out_dir.resolve() == item.resolve() or item.resolve() in out_dir.resolve().parents
+            if inside:
+                raise AudioError(f"-o {out_dir}: lies inside the input folder {item} (it would write "
+                                 f"{out_dir / item.name}/..., read as input next time); choose an output folder "
+                                 "outside it")
             pairs += [(f, out_dir / item.name / f.relative_to(item)) for f in find_audio_files(item)]
         elif item.is_file():
             pairs.append((item, out_dir / item.name))

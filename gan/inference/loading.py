@@ -32,8 +32,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     hint = "pass a run directory, a checkpoints/step_XXXXXXXXX directory or its generator.pt"
     if p.is_file() and p.name == "generator.pt":
         return p.parent
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path}: no such file or folder; {hint}")
     if not p.is_dir():
-        raise CheckpointError(f"checkpoint {path}: not found; {hint}")
+        raise CheckpointError(f"checkpoint {path}: a file but not a generator.pt; {hint}")
     if (p / "generator.pt").is_file():
         return p
     if (p / "checkpoints").is_dir():

@@ -13,6 +13,7 @@ The trainer calls only these methods, so it has no backend branches. Both backen
 from __future__ import annotations
 
 import math
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +22,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from gan.config import Config
+from gan.log import drop_stderr_lines
 from gan.train import ds
+
+# What DDP prints on its first training forward when find_unused_parameters finds none (C++, straight to stderr)
+UNUSED_PARAMETERS_WARNING = re.compile(r"find_unused_parameters=True was specified in DDP constructor, but did "
+                                       r"not find any unused parameters")
 
 
 class Backend:
@@ -34,7 +40,10 @@ class Backend:
 
     def prepare(self, g, d, opt_g, opt_d) -> tuple:
         """``(G, D, opt_g, opt_d)`` wrapped for this backend (two DDP wrappers: G and D reduce separately)."""
-        return self.accelerator.prepare(g, d, opt_g, opt_d)
+        G, D, opt_g, opt_d = self.accelerator.prepare(g, d, opt_g, opt_d)
+        for model in (G, D):
+            quiet_unused_parameters_warning(model)
+        return G, D, opt_g, opt_d
 
     def autocast(self):
         return self.accelerator.autocast()
@@ -107,6 +116,33 @@ class DeepSpeedBackend(Backend):
         ds.check_resume(path, True, self.accelerator.num_processes)
 
 
+def quiet_unused_parameters_warning(model: torch.nn.Module) -> None:
+    """Drop DDP's "find_unused_parameters=True ... did not find any unused parameters" warning, which it prints
+    once per process on its first training forward, from that forward of ``model`` (a DDP wrapper on the CPU).
+
+    The setting is deliberate (``build_backend``: it keeps DDP's first gradient buckets, which exact resume
+    needs), and every parameter is used, so the warning's advice to turn it off would break resume: noise to
+    the user. Torch prints it from C++, past Python's ``warnings`` filters, hence a filter on standard error
+    around that one forward (``gan.log.drop_stderr_lines``); every other line goes through.
+    """
+    if not (isinstance(model, torch.nn.parallel.DistributedDataParallel) and model.find_unused_parameters):
+        return
+    held = []
+
+    def before(module, args):
+        if torch.is_grad_enabled() and not held:  # DDP looks for unused parameters in training forwards only
+            held.append(drop_stderr_lines(UNUSED_PARAMETERS_WARNING))
+            held[0].__enter__()
+
+    def after(module, args, output):
+        if held:
+            held.pop().__exit__(None, None, None)
+            for handle in handles:
+                handle.remove()
+
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after, always_call=True)]
+
+
 def build_backend(cfg: Config, run_dir: str | Path) -> Backend:
     """The backend the launcher asked for, with trackers logging under ``run_dir`` (``cfg.trainer.log_with``).
 
@@ -121,7 +157,8 @@ def build_backend(cfg: Config, run_dir: str | Path) -> Backend:
         return DeepSpeedBackend(accelerator, t.mixed_precision)
     # On CPU, DDP keeps its first gradient buckets (find_unused_parameters turns the rebuild after the first step
     # off): gloo sums a bucket in chunks, so a resumed run must bucket like an unbroken one to add the same
-    # gradients in the same order (bit-exact resume with 3+ processes). On CUDA, speed first.
+    # gradients in the same order (bit-exact resume with 3+ processes). On CUDA, speed first. DDP's warning that
+    # it found no unused parameters is expected then, and dropped (quiet_unused_parameters_warning).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=not torch.cuda.is_available())
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=t.mixed_precision,
                               dynamo_backend="inductor" if t.compile else "no", kwargs_handlers=[ddp], **tracking)

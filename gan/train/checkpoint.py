@@ -161,23 +161,31 @@ def setup_writers(accelerator, run_dir: str | Path) -> bool:
     return acc.is_main_process or (not shared and acc.is_local_main_process)
 
 
-def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
-    """``None`` -> fresh start; ``auto`` -> latest in the run dir if any; else a run dir or step dir."""
+def resolve_resume(run_dir: str | Path, resume: str | None, option: str = "--resume") -> Path | None:
+    """``None`` -> fresh start; ``auto`` -> latest in the run dir if any; else a run dir or step dir.
+
+    Raises ``CheckpointError`` naming ``option`` and what is wrong with the path: it does not
+    exist, it is a file, a run directory without a complete checkpoint, or a folder that is
+    neither a run nor a complete step directory.
+    """
     if resume is None:
         return None
     if resume == "auto":
         return CheckpointManager(run_dir).latest()
     path = Path(resume)
+    hint = "give a checkpoints/step_XXXXXXXXX directory or a run directory" + (" or 'auto'" if option == "--resume" else "")
+    if not path.exists():
+        raise CheckpointError(f"{option} {resume}: no such file or folder; {hint}")
+    if not path.is_dir():
+        raise CheckpointError(f"{option} {resume}: a file, not a checkpoint directory; {hint}")
     if (path / "checkpoints").is_dir():
         found = CheckpointManager(path).latest()
         if found is None:
-            raise CheckpointError(f"--resume {resume}: run directory has no complete checkpoint")
+            raise CheckpointError(f"{option} {resume}: run directory has no complete checkpoint")
         return found
     if not (path / "trainer_state.pt").is_file():
-        raise CheckpointError(
-            f"--resume {resume}: not a complete checkpoint (no trainer_state.pt); "
-            "give a checkpoints/step_XXXXXXXXX directory, a run directory or 'auto'"
-        )
+        raise CheckpointError(f"{option} {resume}: not a complete checkpoint (no trainer_state.pt, and no "
+                              f"checkpoints/ folder of a run); {hint}")
     return path
 
 

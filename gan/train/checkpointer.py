@@ -133,7 +133,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     from safetensors.torch import load_file
 
 
-    step = resolve_resume(path, str(path))
+    step = resolve_resume(path, str(path), option="--init-from")
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
     if not sources[0][2].is_file():
         sources = [(g, "generator", step / "generator.pt")]

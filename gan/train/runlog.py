@@ -13,6 +13,8 @@ Tags are hierarchical and stable (``train/g/mel``, ``train/d/mpd_2``,
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -97,3 +99,16 @@ class RunLogger:
                                                              n_mels=128, power=2.0)
         spec = self._mel(torch.as_tensor(wav, dtype=torch.float32).reshape(-1).cpu())
         return (10 * torch.log10(spec.clamp_min(1e-10))).numpy()
+
+
+def closing_line(first_step: int, step: int, max_steps: int, seconds: float, last_val: str | None,
+                 checkpoint: Path | None, tb_dir: Path | None) -> str:
+    """The line a run ends with: how far it got, its last validation (``Validator.last_line``), its newest
+    checkpoint and, with TensorBoard among the trackers, the command that shows its curves."""
+    end = "done" if step >= max_steps else f"stopped at step {step} of {max_steps}"
+    parts = [f"{end}: steps {first_step} -> {step} in {seconds / 60:.1f} min",
+             f"last {last_val}" if last_val else "no validation in this run",
+             f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"]
+    if tb_dir is not None:
+        parts.append(f"curves: tensorboard --logdir {tb_dir}")
+    return "; ".join(parts)

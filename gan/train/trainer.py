@@ -41,7 +41,7 @@ from gan.train.backend import build_backend
 from gan.train.checkpoint import CheckpointError, code_version
 from gan.train.checkpointer import Checkpointer, load_init_weights, model_config
 from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
-from gan.train.runlog import RunLogger
+from gan.train.runlog import RunLogger, closing_line
 from gan.train.validator import Validator
 from generators import build_generator
 
@@ -192,6 +192,7 @@ class Trainer:
                                          start_index=self.step * t.grad_accum))
         bar = self._progress_bar()
         window = _Window(self.timer)
+        started, first_step = time.monotonic(), self.step
         try:
             while self.step < t.max_steps:
                 logs = self.train_step(self.next_micro_batches(batches))
@@ -218,6 +219,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.runlog.flush()
+        if self.is_main:
+            log.info(closing_line(first_step, self.step, t.max_steps, time.monotonic() - started,
+                                  self.validator.last_line, self.checkpointer.files.latest(),
+                                  self.run_dir / "tb" if "tensorboard" in t.log_with else None))
 
     def close(self) -> None:
         """End the trackers and the process group."""

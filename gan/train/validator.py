@@ -8,6 +8,8 @@ On the main process only: the generator used for inference (the EMA when on) enh
 
 and, for the first four crops, the enhanced audio and a degraded | enhanced | clean mel image
 (the degraded and clean audio once per run: ``references_logged`` is saved with the checkpoint).
+It says what the splits hold when it is built (and when the validation split is empty, that
+nothing will be validated), and each validation's result in one line (``val_line``).
 """
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ from pathlib import Path
 import torch
 
 from gan.config import Config
+from gan.data.cache import open_cache, split_sizes
 from gan.data.loader import load_val_set
+from gan.log import get_logger
 from gan.losses.reconstruction import MultiScaleMelLoss, si_sdr
 from gan.train.runlog import RunLogger
+
+log = get_logger(__name__)
 
 AUDIO_EXAMPLES = 4
 
@@ -29,6 +35,14 @@ class Validator:
         self.mel = MultiScaleMelLoss(cfg.loss.mel, cfg.data.sample_rate).to(device)
         self.val_set: dict[str, torch.Tensor] | None = None  # loaded on first use
         self.references_logged = False
+        self.last_line: str | None = None  # the latest validation's ``val_line``
+        if enabled:
+            manifest = open_cache(cache_dir).manifest
+            log.info("data: cache %s: %s", cache_dir, split_sizes(manifest))
+            if not manifest["splits"]["val"]["items"]:
+                log.warning("note: the validation split is empty (data.val_fraction %g; a file goes wholly to one "
+                            "split): no val/ scalars, audio or validation lines in this run; add recordings to "
+                            "data.audio_dir", cfg.data.val_fraction)
 
     @torch.no_grad()
     def __call__(self, generator: torch.nn.Module, step: int) -> dict[str, float]:
@@ -55,6 +69,8 @@ class Validator:
             "val/si_sdr_improvement": float((sdr_enh - sdr_deg).mean()),
         }
         self.runlog.scalars(out, step)
+        self.last_line = val_line(step, out)
+        log.info(self.last_line)
         for i in range(min(AUDIO_EXAMPLES, len(enhanced))):
             if not self.references_logged:
                 self.runlog.audio(f"audio/{i}/degraded", val["degraded"][i], 0)
@@ -65,3 +81,11 @@ class Validator:
         self.references_logged = True
         self.runlog.flush()
         return out
+
+
+def val_line(step: int, scores: dict[str, float]) -> str:
+    """``val step 250: mel 1.123 (input 1.161, -3.3 %)``: the model's mel distance to the clean crops against
+    the degraded input's (lower is better; the change relative to the input)."""
+    enhanced, degraded = scores["val/mel_distance"], scores["val/mel_distance_degraded"]
+    change = 100 * (enhanced - degraded) / degraded if degraded else 0.0
+    return f"val step {step}: mel {enhanced:.3f} (input {degraded:.3f}, {change:+.1f} %)"
