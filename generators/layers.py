@@ -13,6 +13,7 @@ which cannot be deep-copied after a forward pass (EMA) and warns on every build.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, Optional
 
@@ -57,16 +58,39 @@ def WNConvTranspose1d(*args, **kwargs) -> nn.ConvTranspose1d:
     return weight_normed(nn.ConvTranspose1d(*args, **kwargs), zero_bias=True)
 
 
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T), (1, C, 1) -> (B, C, T)``: x + sin²(αx) / (α + 1e-9) (DAC's ``dac.nn.layers.snake``)."""
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+@functools.cache
+def fused_snake():
+    """``snake`` compiled by inductor for any shape: forward and backward each become one loop over
+    the tensor instead of five (about 4x faster on a CPU; compiling takes seconds, once per process)."""
+    return torch.compile(snake, dynamic=True)
+
+
 class Snake1d(nn.Module):
-    """x + sin²(αx) / (α + 1e-9), one α per channel; ``alpha`` is ``(1, C, 1)`` as in DAC."""
+    """x + sin²(αx) / (α + 1e-9), one α per channel; ``alpha`` is ``(1, C, 1)`` as in DAC.
+
+    ``fused = True`` (see ``fuse_activations``) computes it with the compiled ``fused_snake``.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, C, T)
-        alpha = self.alpha
-        return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+        return (fused_snake() if self.fused else snake)(x, self.alpha)
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Switch every ``Snake1d`` of ``model`` to the compiled activation; returns how many there are."""
+    found = [m for m in model.modules() if isinstance(m, Snake1d)]
+    for m in found:
+        m.fused = True
+    return len(found)
 
 
 class ResidualUnit(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import generators
 from gan.config import ConfigError, config_from_dict, load_config
 from generators import DacUNetConfig, WavUNetConfig, build_generator
-from generators.layers import DownBlock, ResidualUnit, Snake1d, UpBlock, from_dac_state_dict
+from generators.layers import DownBlock, ResidualUnit, Snake1d, UpBlock, from_dac_state_dict, fuse_activations
 from tiny_configs import single_thread, tiny_dac_unet, tiny_generators, tiny_model_sections, tiny_wavunet
 
 TINY = tiny_generators()
@@ -172,6 +172,32 @@ def test_blocks_match_dac(block):
     y_ref.pow(2).sum().backward()
     y.pow(2).sum().backward()
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_snake_matches_dac_in_value_and_gradients():
+    """The compiled activation (trainer.compile_activations) is DAC's Snake, on every shape it meets."""
+    _, dac_layers = _dac()
+    g = build_generator(tiny_dac_unet())
+    n = fuse_activations(g)
+    assert n == sum(isinstance(m, Snake1d) for m in g.modules()) and n > 0
+    torch.manual_seed(0)
+    for shape in [(2, 6, 96), (3, 5, 1001)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = dac_layers.Snake1d(shape[1])
+        ours = Snake1d(shape[1])
+        ours.fused = True
+        with torch.no_grad():
+            ref.alpha.uniform_(0.2, 3.0)
+            ours.alpha.copy_(ref.alpha)
+        x = torch.randn(*shape, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        y_ref, y = ref(x), ours(x2)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        y_ref.pow(2).sum().backward()
+        y.pow(2).sum().backward()
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.alpha.grad, ref.alpha.grad, rtol=1e-4, atol=1e-3)
 
 
 def test_unet_levels_are_dac_encoder_blocks():

@@ -221,6 +221,9 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-batches per step
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 = autocast over fp32 weights
     compile: bool = False  # torch.compile (inductor) the models
+    # torch.compile (inductor) only the generator's Snake activations: the largest share of a CPU step, and
+    # seconds to compile (generators.layers.fuse_activations); needs a C++ compiler on a CPU
+    compile_activations: bool = False
     ema_decay: float = 0.0  # per-step decay of the EMA of G (0 disables it; inference then uses G itself)
     max_nonfinite_skips: int = 10  # consecutive skipped steps of one network before the run stops
     # CPU only: torch intra-op threads per process; 0 = $OMP_NUM_THREADS if set, else the usable cores

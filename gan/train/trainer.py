@@ -44,6 +44,7 @@ from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
 from gan.train.runlog import RunLogger, closing_line
 from gan.train.validator import Validator
 from generators import build_generator
+from generators.layers import fuse_activations
 
 log = get_logger(__name__)
 
@@ -87,6 +88,8 @@ class Trainer:
         self.cache_dir = self.cache_dir or Path(cfg.data.cache_dir)
 
         g, d = build_generator(cfg.generator), build_discriminator(cfg.discriminators)
+        if t.compile_activations:
+            fuse_activations(g)
         if init_from is not None:
             load_init_weights(g, d, init_from)
         opt_g, opt_d = build_optimizer(g, cfg.optim.generator), build_optimizer(d, cfg.optim.discriminator)
