@@ -64,6 +64,11 @@ def test_resume_is_bit_identical_across_the_stage_switch(tiny_data, tmp_path):
     tr.train()
     tr.close()
     assert_same_weights(ckpt / "step_000000006", tmp_path / "b" / "checkpoints" / "step_000000006")
+    # training time adds up over resumptions, for quality-against-time curves
+    seconds = {run: torch.load(tmp_path / run / "checkpoints" / "step_000000006" / "generator.pt")["train_seconds"]
+               for run in "ab"}
+    at_3 = torch.load(ckpt / "step_000000003" / "trainer_state.pt", weights_only=False)["train_seconds"]
+    assert 0 < at_3 < seconds["a"] and at_3 < seconds["b"]
 
     # the TensorBoard events hold scalars, an audio tab and spectrogram images
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -73,7 +73,8 @@ class Checkpointer:
         final = None
         if self.writes:
             torch.save(state, tmp / "trainer_state.pt")
-            torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema}, tmp / "generator.pt")
+            torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema,
+                        "train_seconds": state.get("train_seconds")}, tmp / "generator.pt")
             (tmp / "config.yaml").write_text(dump_config(cfg))
             final = self.files.commit(step)
         acc.wait_for_everyone()

@@ -107,6 +107,8 @@ class Trainer:
                                 self.reconstruction, adversarial, self.ema)
         self.timer = PhaseTimer(acc.device)
         self.step = 0
+        self.train_seconds = 0.0  # wall-clock seconds spent in train(), over every resumption
+        self._clock = None  # (monotonic time, train_seconds) when train() started
         self._stop_requested = False
         state = self.checkpointer.load(resume, cfg) if resume is not None else None
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint (keeps the step's own)
@@ -130,6 +132,7 @@ class Trainer:
         """The trainer's own state; Accelerate's ``save_state`` holds weights, optimizers and RNG states."""
         return {
             "step": self.step,
+            "train_seconds": self.elapsed_seconds(),
             "stage": stage_at(self.step, self.cfg.trainer.pretrain_steps),
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
@@ -143,6 +146,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # checkpoints written before it: unknown, 0
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         if self.ema is not None and state["ema"] is not None:
@@ -196,6 +200,7 @@ class Trainer:
         bar = self._progress_bar()
         window = _Window(self.timer)
         started, first_step = time.monotonic(), self.step
+        self._clock = started, self.train_seconds
         try:
             while self.step < t.max_steps:
                 logs = self.train_step(self.next_micro_batches(batches))
@@ -226,6 +231,12 @@ class Trainer:
             log.info(closing_line(first_step, self.step, t.max_steps, time.monotonic() - started,
                                   self.validator.last_line, self.checkpointer.files.latest(),
                                   self.run_dir / "tb" if "tensorboard" in t.log_with else None))
+
+    def elapsed_seconds(self) -> float:
+        """Wall-clock seconds of training up to now, over every resumption (for quality-against-time curves)."""
+        if self._clock is None:
+            return self.train_seconds
+        return self._clock[1] + time.monotonic() - self._clock[0]
 
     def close(self) -> None:
         """End the trackers and the process group."""
