@@ -66,6 +66,11 @@ class BandGainConfig:
         return round(self.context_seconds * SAMPLE_RATE / self.hop)
 
 
+def aligned_stride(stride: int, cfg: "BandGainConfig | None") -> int:
+    """A generator's total stride with band gains: a multiple of both its own stride and the hop."""
+    return math.lcm(stride, cfg.hop) if cfg is not None else stride
+
+
 def band_weights(n_fft: int, n_bands: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """``(K, N)`` triangular mel bands over 0 .. sample_rate / 2 (torchaudio's ``melscale_fbanks``),
     normalised so every bin's weights sum to exactly 1: a band gain of g everywhere is a gain of g."""

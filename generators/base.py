@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .receptive import Span, conv_span, receptive_field, repeat_span
+from .band_gain import BandGain, BandGainConfig
+from .receptive import Span, conv_span, receptive_field, repeat_span, union
 
 
 class Generator(nn.Module):
@@ -33,6 +34,15 @@ class Generator(nn.Module):
                 conv.weight.zero_()
             if conv.bias is not None:
                 conv.bias.zero_()
+
+    def build_band_gain(self, cfg: BandGainConfig | None) -> None:
+        """Band gains from a degradation encoder in front of the network (``generators/band_gain.py``);
+        ``cfg`` None: none. The network then corrects, and passes on, the band-gained input."""
+        self.band_gain = BandGain(cfg) if cfg is not None else None
+
+    def band_gain_span(self, s: Span, out: Span) -> Span:
+        """Span on the input of a span ``s`` on the band-gained input, for output span ``out``."""
+        return self.band_gain.input_span(union(s, out)) if self.band_gain is not None else s
 
     def build_gain_path(self, bottom_channels: int, conv: nn.Module) -> None:
         """The gain path: ``conv`` (bottleneck channels -> 1, kernel 3, padding 1) predicts a gain per

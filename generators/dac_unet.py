@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .band_gain import BandGain, BandGainConfig
+from .band_gain import BandGainConfig, aligned_stride
 from .base import Generator
 from .layers import DownBlock, ResidualUnit, SkipMode, Snake1d, UpBlock, WNConv1d, units_span
 from .receptive import Span, conv_span, patch_span, repeat_span, union
@@ -76,8 +76,7 @@ class DacUNetConfig:
     @property
     def total_stride(self) -> int:
         """Inputs are padded to, and chunks start on, multiples of this (the band gains' hop divides it)."""
-        stride = self.patch_size * math.prod(self.strides)
-        return math.lcm(stride, self.band_gain.hop) if self.band_gain is not None else stride
+        return aligned_stride(self.unet_stride, self.band_gain)
 
     @property
     def unet_stride(self) -> int:
@@ -103,7 +102,7 @@ class DacUNet(Generator):
         if cfg.residual:
             self.zero_output(self.head[1])
         self.gain_head = None
-        self.band_gain = BandGain(cfg.band_gain) if cfg.band_gain is not None else None
+        self.build_band_gain(cfg.band_gain)
         if cfg.gain_path:
             self.build_gain_path(widths[-1], WNConv1d(widths[-1], 1, kernel_size=3, padding=1))
 
@@ -160,6 +159,4 @@ class DacUNet(Generator):
         s = patch_span(conv_span(s, 7, 1, 3), p)  # stem conv, patch
         if self.gain_head is not None:
             s = union(s, self._bottleneck_span(self.gain_frames_span(out)))
-        if self.band_gain is not None:
-            s = self.band_gain.input_span(union(s, out))  # the U-Net reads, and passes on, the band-gained input
-        return s
+        return self.band_gain_span(s, out)

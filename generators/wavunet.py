@@ -14,13 +14,14 @@ widens and deepens it for 48 kHz.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from .band_gain import BandGainConfig, aligned_stride
 from .base import Generator
 from .receptive import Span, conv_span, repeat_span, union
 
@@ -37,6 +38,7 @@ class WavUNetConfig:
     output_activation: Literal["tanh", "none"] = "none"  # on the output, or on the correction when residual
     residual: bool = False  # y = x + G(x), last conv zero-initialised: an untrained model is the identity
     gain_path: bool = False  # residual only: y = x (1 + a) + G(x), a smooth gain envelope from the bottom level
+    band_gain: Optional[BandGainConfig] = None  # residual only: band gains from a degradation encoder first
 
     def __post_init__(self):
         if len(self.widths) < 2 or any(w < 1 for w in self.widths):
@@ -45,14 +47,17 @@ class WavUNetConfig:
             raise ValueError("depth / kernel_size / scale: need depth >= 1, an odd kernel, scale >= 2")
         if self.gain_path and not self.residual:
             raise ValueError("gain_path: needs residual: true (the gain scales the input that is passed through)")
+        if self.band_gain is not None and not self.residual:
+            raise ValueError("band_gain: needs residual: true (the U-Net corrects the band-gained input)")
 
     @property
     def total_stride(self) -> int:
-        return self.scale ** (len(self.widths) - 1)
+        """Inputs are padded to, and chunks start on, multiples of this (the band gains' hop divides it)."""
+        return aligned_stride(self.unet_stride, self.band_gain)
 
     @property
     def unet_stride(self) -> int:
-        return self.total_stride
+        return self.scale ** (len(self.widths) - 1)
 
 
 def _conv(cfg: WavUNetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv1d:
@@ -103,11 +108,14 @@ class WavUNet(Generator):
         if cfg.residual:
             self.zero_output(self.head)
         self.gain_head = None
+        self.build_band_gain(cfg.band_gain)
         if cfg.gain_path:  # see generators/base.py
             self.build_gain_path(w[n], _conv(cfg, w[n], 1, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         length = x.shape[-1]
+        if self.band_gain is not None:
+            x = self.band_gain(x)  # band gains first; the U-Net corrects what they leave
         h = self.stem(F.pad(x, (0, -length % self.cfg.total_stride)))  # (B, W0, T')
         skips = []
         for enc, down in zip(self.enc, self.downs):
@@ -150,4 +158,4 @@ class WavUNet(Generator):
         s = conv_span(s, k, 1, k // 2)
         if self.gain_head is not None:
             s = union(s, self._bottom_span(self.gain_frames_span(out)))
-        return s
+        return self.band_gain_span(s, out)

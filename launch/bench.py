@@ -1,6 +1,6 @@
 """Benchmarks; each prints one JSON object to stdout.
 
-    python launch/bench.py data|models|losses|train|optim|infer|learn|all [options]
+    python launch/bench.py data|models|losses|train|optim|infer|learn|curve|all [options]
 
 Each topic lives in ``gan/bench/<topic>.py`` with ``add_args(parser)`` and
 ``run(args) -> dict``.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TOPICS = ["data", "models", "losses", "optim", "train", "infer", "learn"]
+TOPICS = ["data", "models", "losses", "optim", "train", "infer", "learn", "curve"]
 
 
 def main(argv=None) -> None:

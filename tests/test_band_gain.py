@@ -11,7 +11,7 @@ import generators
 from gan.config import load_config
 from generators.band_gain import BandGain, BandGainConfig, band_weights
 from helpers import enhancer, rel_db
-from tiny_configs import single_thread, tiny_dac_unet
+from tiny_configs import single_thread, tiny_dac_unet, tiny_wavunet
 
 TINY_BAND = BandGainConfig(n_fft=64, hop=16, n_bands=6, channels=4, context_seconds=6 * 16 / 48000)
 
@@ -71,10 +71,17 @@ def _random_start(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("where", ["band_gain", "dac_unet"])
+WITH_BAND_GAIN = {
+    "dac_unet": tiny_dac_unet(dilations=[1], residual=True, gain_path=True, output_activation="none",
+                              band_gain=TINY_BAND),
+    "wavunet": tiny_wavunet(residual=True, gain_path=True, band_gain=TINY_BAND),
+}
+
+
+@pytest.mark.parametrize("where", ["band_gain", "dac_unet", "wavunet"])
 def test_receptive_field_matches_gradient_support(where):
     """The analytic input span of output samples equals where their gradient is non-zero."""
-    cfg = tiny_dac_unet(dilations=[1], residual=True, output_activation="none", band_gain=TINY_BAND)
+    cfg = WITH_BAND_GAIN["dac_unet" if where == "band_gain" else where]
     g = _random_start(generators.build_generator(cfg)).double()
     model, period = (g.band_gain, TINY_BAND.hop) if where == "band_gain" else (g, cfg.total_stride)
     span = model.input_span((0, 0))
@@ -90,10 +97,13 @@ def test_receptive_field_matches_gradient_support(where):
 def test_total_stride_is_a_multiple_of_the_hop():
     cfg = tiny_dac_unet(residual=True, band_gain=BandGainConfig(hop=256))
     assert cfg.unet_stride == 16 and cfg.total_stride == 256
+    cfg = tiny_wavunet(residual=True, band_gain=BandGainConfig(hop=256))
+    assert cfg.unet_stride == 16 and cfg.total_stride == 256
 
 
-def test_chunked_equals_whole():
-    cfg = tiny_dac_unet(residual=True, gain_path=True, output_activation="none", band_gain=TINY_BAND)
+@pytest.mark.parametrize("name", list(WITH_BAND_GAIN))
+def test_chunked_equals_whole(name):
+    cfg = WITH_BAND_GAIN[name]
     model = _random_start(generators.build_generator(cfg))
     enh = enhancer(model, cfg, chunk_seconds=1600 / 48000, batch_size=2)
     x = (torch.randn(1, 6 * 1600 + 77) * 0.3).clamp(-0.9, 0.9)
@@ -109,5 +119,6 @@ def test_config_section_and_its_errors():
     assert cfg.generator.band_gain == BandGainConfig(n_bands=16)
     with pytest.raises(ValueError, match="band_gain.hop"):
         BandGainConfig(n_fft=1024, hop=300)
-    with pytest.raises(ValueError, match="band_gain: needs residual"):
-        tiny_dac_unet(band_gain=BandGainConfig())
+    for tiny in (tiny_dac_unet, tiny_wavunet):
+        with pytest.raises(ValueError, match="band_gain: needs residual"):
+            tiny(band_gain=BandGainConfig())

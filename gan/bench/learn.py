@@ -33,7 +33,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0)
 
 
-def _score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
+def score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
     """Per (shifter, shift) tag and metric: % change of the mean distance, model vs input (``model``),
     gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``)."""
     from gan.eval.level import gain_match
@@ -87,7 +87,7 @@ def run(args) -> dict:
                 g = tr.generator_for_inference()
                 was = g.training
                 g.eval()
-                out["curve"][i + 1] = _score(g, examples, suite, baselines)
+                out["curve"][i + 1] = score(g, examples, suite, baselines)
                 g.train(was)
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         tr.close()

@@ -24,6 +24,7 @@ class LoadedGenerator:
     step: int
     ema: bool
     path: Path  # the generator.pt that was loaded
+    train_seconds: float | None = None  # wall-clock training time up to this checkpoint (None: not recorded)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -89,7 +90,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise CheckpointError(f"checkpoint {weights}: weights do not fit the generator in its config.yaml "
                               f"({shape[:200]})") from None
     model.eval().requires_grad_(False).to(device)
-    return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights)
+    return LoadedGenerator(model, cfg, int(blob.get("step", 0)), bool(blob.get("ema", False)), weights,
+                           blob.get("train_seconds"))
 
 
 def generator_geometry(model: torch.nn.Module, cfg_generator) -> tuple[int, int]:

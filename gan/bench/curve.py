@@ -1,0 +1,94 @@
+"""Quality against compute: held-out improvement of every checkpoint of one or more runs.
+
+Scores each checkpoint (``checkpoints/step_*`` of each ``--runs`` directory) on clean recordings
+it never saw (``--heldout``, first ``--seconds`` of each), round-tripped by each of ``--shifters``
+at each ``--shift`` (0: the clean file): the % change of the mean mel distance, LSD and MR-STFT
+distance, raw (``model``: output vs input) and beyond level (``beyond``: the output gain-matched vs
+the input gain-matched), with the checkpoint's step and wall-clock training time. ``--plot`` draws
+one panel per metric: improvement against training minutes, one line per run and shifter group.
+
+    python launch/bench.py curve --runs runs/cpu runs/cpu_wide --plot exp/curve.png
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+IN_ALL = False  # needs trained runs
+
+LEVEL_LOSING = ("torchaudio", "librosa", "rubberband")  # phase vocoders: the round trip loses level
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True, help="run directories whose checkpoints to score")
+    p.add_argument("--heldout", default="data/heldout", help="folder of clean recordings the runs never saw")
+    p.add_argument("--shifters", default="torchaudio,signalsmith,wsola,librosa,rubberband")
+    p.add_argument("--shift", type=int, nargs="+", default=[12, -5, 0])
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--plot", help="PNG of improvement against training minutes")
+
+
+def run(args) -> dict:
+    import torch
+
+    from gan.bench.learn import score
+    from gan.config import load_config
+    from gan.eval.evaluation import shifter_examples
+    from gan.eval.metrics import MetricSuite
+    from gan.inference.loading import load_generator
+    from gan.train.checkpoint import STEP_RE
+
+    cfg = load_config("cpu")  # the degradation recipe of the round trips (shifter settings) and metric settings
+    examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,
+                                     args.seconds))
+    suite = MetricSuite(["mel", "lsd", "mrstft"], cfg.loss)
+    baselines: dict = {}
+    out = {"heldout": args.heldout, "examples": len(examples), "runs": {}}
+    for run_dir in args.runs:
+        steps = sorted(p for p in (Path(run_dir) / "checkpoints").iterdir() if STEP_RE.match(p.name))
+        points = []
+        for step_dir in steps:
+            loaded = load_generator(step_dir)
+            with torch.inference_mode():
+                scores = score(loaded.model, examples, suite, baselines)
+            points.append({"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores})
+        out["runs"][run_dir] = {"params": loaded.model.num_params(), "points": points}
+    if args.plot:
+        plot(out, args.plot)
+        out["plot"] = args.plot
+    return out
+
+
+def _group(scores: dict, metric: str, kind: str, names) -> float:
+    """Mean % over the (shifter, shift) tags of ``names``."""
+    vals = [v[metric][kind] for tag, v in scores.items() if tag.rstrip("+-0123456789") in names]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def plot(result: dict, path: str) -> None:
+    """One panel per metric: mean improvement over the phase vocoders (raw and beyond level) and over
+    the round trips that keep the level (WSOLA, Signalsmith, clean input), against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, metric in zip(axes, ("mel", "lsd", "mrstft")):
+        for (run_dir, run), color in zip(result["runs"].items(), ("C0", "C1", "C2", "C3")):
+            pts = [p for p in run["points"] if p["train_seconds"]]
+            minutes = [p["train_seconds"] / 60 for p in pts]
+            label = f"{Path(run_dir).name} ({run['params'] / 1e6:.2f} M)"
+            for kind, names, style, what in (("model", LEVEL_LOSING, "-o", "phase vocoders"),
+                                              ("beyond", LEVEL_LOSING, "--s", "phase vocoders, beyond level"),
+                                              ("model", ("wsola", "signalsmith", "none"), ":^", "level kept")):
+                ax.plot(minutes, [_group(p["scores"], metric, kind, names) for p in pts], style, color=color,
+                        label=f"{label}: {what}")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{metric}: % closer to clean (held-out)")
+        ax.set_xlabel("training minutes (2-core CPU)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
