@@ -14,7 +14,7 @@ import torch
 from gan.config import Config, ConfigError, config_from_dict
 from gan.dsp.chunking import round_up
 from gan.errors import first_line
-from gan.train.checkpoint import CheckpointError, CheckpointManager, strip_wrapper_prefixes
+from gan.train.checkpoint import CheckpointError, CheckpointManager, read_torch_file, strip_wrapper_prefixes
 
 
 @dataclass
@@ -70,7 +70,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     except (yaml.YAMLError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {cfg_path}: unusable config ({str(e).splitlines()[0]})") from None
     try:
-        blob = torch.load(weights, map_location="cpu", weights_only=True)
+        blob = read_torch_file(weights)  # on the CPU, whatever device wrote it; moved to ``device`` below
         state = blob["state_dict"]
     except Exception as e:  # torch raises many types for truncated or foreign files
         msg = first_line(e)

@@ -181,6 +181,27 @@ def resolve_resume(run_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def read_torch_file(path: str | Path, trusted: bool = False):
+    """A ``torch.save`` file of a checkpoint with every tensor on the CPU, whatever device wrote it.
+
+    A run on a GPU tags its storages ``cuda:N``: read without a map they fail on a CPU-only
+    machine and land on the writer's GPU elsewhere. Every checkpoint read goes through here (or
+    ``read_safetensors``); callers move what they use to their own device. ``trusted``: unpickle
+    any object (a trainer state this code wrote), else weights only. Raises what ``torch.load``
+    raises for a missing, truncated or foreign file.
+    """
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=not trusted)
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """A ``.safetensors`` file's tensors, on the CPU (as ``read_torch_file``)."""
+    from safetensors.torch import load_file
+
+    return load_file(path, device="cpu")
+
+
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's wrappers, when saved wrapped
 
 

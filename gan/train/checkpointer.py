@@ -25,8 +25,8 @@ from gan.config import Config, TrainerConfig, dump_config, to_dict
 from gan.config.loader import RENAMED_DISCRIMINATORS
 from gan.errors import first_line
 from gan.log import get_logger
-from gan.train.checkpoint import (CheckpointError, CheckpointManager, resolve_resume, setup_writers,
-                                  strip_wrapper_prefixes)
+from gan.train.checkpoint import (CheckpointError, CheckpointManager, read_safetensors, read_torch_file,
+                                  resolve_resume, setup_writers, strip_wrapper_prefixes)
 from gan.train.gan_step import NonFiniteError
 
 log = get_logger(__name__)
@@ -88,7 +88,7 @@ class Checkpointer:
         """
         path = Path(path)
         try:
-            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+            state = read_torch_file(path / "trainer_state.pt", trusted=True)
         except Exception as e:  # truncated, foreign or corrupt files all end here
             raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({first_line(e)}); "
                                   "pick an older one") from None
@@ -97,7 +97,7 @@ class Checkpointer:
         check_compatible(state, cfg, path)
         self.backend.check_resume(path)
         try:
-            self.backend.accelerator.load_state(str(path))
+            self.backend.accelerator.load_state(str(path))  # maps to this process's device (CPU on one process)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path}: cannot be loaded ({first_line(e)}); pick an older one") from None
         return state
@@ -130,9 +130,6 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
     network's weights do not fit its config here.
     """
-    from safetensors.torch import load_file
-
-
     step = resolve_resume(path, str(path))
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
     if not sources[0][2].is_file():
@@ -140,7 +137,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     for net, name, file in sources:
         if not file.is_file():
             continue
-        state = load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True)["state_dict"]
+        state = read_safetensors(file) if file.suffix == ".safetensors" else read_torch_file(file)["state_dict"]
         try:
             net.load_state_dict(strip_wrapper_prefixes(state))
         except RuntimeError as e:
