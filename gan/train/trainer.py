@@ -41,6 +41,7 @@ from gan.train.backend import build_backend
 from gan.train.checkpoint import CheckpointError, code_version
 from gan.train.checkpointer import Checkpointer, load_init_weights, model_config
 from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
+from gan.train.lock import lock_run_dir
 from gan.train.runlog import RunLogger
 from gan.train.validator import Validator
 from generators import build_generator
@@ -61,15 +62,24 @@ class Trainer:
     Raises:
         CheckpointError: ``run_dir`` already holds checkpoints and ``resume`` is None; an unusable checkpoint.
         ConfigError, CacheError: a bad config or training data (from building the cache).
+        RunDirBusy: another training holds ``run_dir`` (``gan.train.lock``).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None, progress: bool = True,
                  init_from: Path | None = None):
-        t = cfg.trainer
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.backend = build_backend(cfg, self.run_dir)
         acc = self.accelerator = self.backend.accelerator
         self.is_main = acc.is_main_process
+        self.run_lock = lock_run_dir(acc, self.run_dir)  # before any rank writes there: one history per run dir
+        try:
+            self._build(resume, progress, init_from)
+        except BaseException:
+            self._release_run_dir()
+            raise
+
+    def _build(self, resume: Path | None, progress: bool, init_from: Path | None) -> None:
+        cfg, t, acc, run_dir = self.cfg, self.cfg.trainer, self.accelerator, self.run_dir
         use_cpu_threads(t.threads)  # on the CPU: the free cores only
         self.checkpointer = Checkpointer(self.run_dir, t, self.backend)
         if resume is None and self.checkpointer.files.steps():  # checked before any expensive work
@@ -220,8 +230,15 @@ class Trainer:
             self.runlog.flush()
 
     def close(self) -> None:
-        """End the trackers and the process group."""
-        self.accelerator.end_training()
+        """End the trackers and the process group; let the next training start in the run directory."""
+        try:
+            self.accelerator.end_training()
+        finally:
+            self._release_run_dir()
+
+    def _release_run_dir(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     # ----------------------------------------------------------------- helpers
 

@@ -1,0 +1,89 @@
+"""A run directory holds one history: a second training there is refused while the first runs, never after."""
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from gan.train.checkpoint import CheckpointError
+from gan.train.lock import RunDirBusy
+from helpers import PY, make_trainer, write_config
+
+sys.path.insert(0, str(ROOT / "launch"))
+
+HOLD = ("import sys, time; from gan.train.lock import RunDirLock; RunDirLock.acquire(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(300)")
+
+
+def _holder(run) -> subprocess.Popen:
+    """Another process holding ``run``'s lock, as a running training does."""
+    proc = subprocess.Popen([PY, "-c", HOLD, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def _busy_line(run, pid: int) -> str:
+    return (rf"error: run directory {re.escape(str(run))} is in use by another training \(pid {pid} on host "
+            rf"{re.escape(socket.gethostname())}, since [0-9-]+ [0-9:]+\); wait for it to end or stop it, or pick "
+            r"another --run-dir")
+
+
+def test_a_second_start_is_refused_until_the_first_is_killed(tiny_data, tmp_path, capsys):
+    import train
+
+    cfg = write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, pretrain_steps=1)
+    run = tmp_path / "run"
+    args = ["--config", str(cfg), "--run-dir", str(run)]
+    holder = _holder(run)
+    try:
+        for extra in ([], ["--resume", "auto"]):  # fresh or resumed: one history per directory
+            assert train.main(args + extra) == 2
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1 and re.fullmatch(_busy_line(run, holder.pid), err[0]), err
+    finally:
+        holder.kill()  # kill -9: nothing is cleaned up, the kernel drops the lock
+        holder.wait()
+    assert not (run / "tb").exists() and not (run / "config.yaml").exists()  # the refused starts wrote nothing
+    assert train.main(args) == 0
+    assert "fresh start" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").is_file()
+
+
+def test_one_trainer_per_run_directory_within_a_process_too(tiny_data, tmp_path):
+    a = make_trainer(tiny_data, tmp_path / "run")
+    with pytest.raises(RunDirBusy, match=f"pid {os.getpid()} on host"):
+        make_trainer(tiny_data, tmp_path / "run")
+    a.save()
+    a.close()  # frees the directory
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        make_trainer(tiny_data, tmp_path / "run")  # a start refused for another reason frees it too
+    b = make_trainer(tiny_data, tmp_path / "run", resume=tmp_path / "run" / "checkpoints" / "step_000000000")
+    assert b.step == 0
+    b.close()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_multi_process_launch_takes_one_lock_and_every_rank_stops(tiny_data, tmp_path):
+    cfg = write_config(tiny_data, tmp_path / "c.yaml", max_steps=1, pretrain_steps=1)
+    run = tmp_path / "run"
+    launch = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(29500 + os.getpid() % 1000),
+              str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = _holder(run)
+    try:
+        out = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
+    assert re.fullmatch(_busy_line(run, holder.pid), errors[0])
+    done = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "checkpoints" / "step_000000001").is_dir()
