@@ -15,13 +15,15 @@ a shared filesystem every machine writes its own copy (``setup_writers``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from gan.errors import UnshiftError
+
+from gan.errors import UnshiftError, first_line
 from gan.log import get_logger
 
 log = get_logger(__name__)
@@ -32,6 +34,35 @@ LATEST = "latest"
 
 class CheckpointError(UnshiftError, ValueError):
     """A checkpoint that cannot be used; the message names it and what to do."""
+
+
+class CheckpointWriteError(UnshiftError):
+    """A checkpoint could not be written (disk full, read-only, permissions, quota); the previous one stands."""
+
+    exit_code = 1  # the run did work; its last complete checkpoint is intact
+
+
+_TORCH_WRITER = ("inline_container", "PytorchStreamWriter", "file write failed")  # torch.save's archive writer
+
+
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why writing a checkpoint file into ``folder`` failed (e.g. ``No space left on device``), or None when ``e``
+    is not a failed write. The writers say it differently: ``OSError`` (Python, Accelerate), ``SafetensorError``
+    with the OS error in its text, and ``RuntimeError`` from ``torch.save``'s archive writer, without one.
+    """
+    if isinstance(e, OSError):
+        return e.strerror or first_line(e)
+    text = str(e)
+    if type(e).__name__ == "SafetensorError":
+        code = re.search(r"os error (\d+)", text)
+        return os.strerror(int(code.group(1))) if code else first_line(e)
+    if isinstance(e, RuntimeError) and any(mark in text for mark in _TORCH_WRITER):
+        try:
+            full = shutil.disk_usage(folder).free < 2**20
+        except OSError:
+            full = False
+        return os.strerror(errno.ENOSPC) if full else f"torch.save failed: {first_line(e)}"
+    return None
 
 
 def step_dir_name(step: int) -> str:
