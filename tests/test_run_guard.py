@@ -1,16 +1,20 @@
-"""A run directory holds one history: a second training there is refused while the first runs, never after."""
+"""Guards of a running training: one training per run directory (refused while the first runs, never after),
+and Ctrl-C pressed again while a stop completes."""
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
+import yaml
 
 from conftest import ROOT
-from gan.train.checkpoint import CheckpointError
+from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.train.lock import RunDirBusy
-from helpers import PY, make_trainer, write_config
+from helpers import PY, make_trainer, tiny_dict, write_config
 
 sys.path.insert(0, str(ROOT / "launch"))
 
@@ -87,3 +91,32 @@ def test_a_multi_process_launch_takes_one_lock_and_every_rank_stops(tiny_data, t
     done = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "checkpoints" / "step_000000001").is_dir()
+
+
+@pytest.mark.slow
+def test_ctrl_c_pressed_again_while_stopping_changes_nothing(tiny_data, tmp_path):
+    d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
+    d["data"]["num_workers"] = 2  # the loader's workers get every press too
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "tb").glob("events*")):
+        time.sleep(0.2)
+    time.sleep(2)  # some steps
+    presses = 0
+    while proc.poll() is None and presses < 200:  # an impatient user: Ctrl-C every 20 ms until it has exited
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the whole foreground process group
+        presses += 1
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and presses > 3, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    stopped = int(re.search(r"stopped by signal at step (\d+)", out).group(1))
+    notes = re.findall(r"already stopping: the checkpoint of step (\d+) is being written; the run then exits "
+                       r"\(pressing Ctrl-C again changes nothing\)", out)
+    assert notes == [str(stopped)], out[-3000:]  # said once, however often pressed
+    assert resolve_resume(run, "auto").name == f"step_{stopped:09d}"  # complete: latest names it

@@ -19,7 +19,6 @@ a resumed run continues exactly where it stopped (bit for bit on CPU).
 """
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from gan.train.checkpointer import Checkpointer, load_init_weights, model_config
 from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
 from gan.train.lock import lock_run_dir
 from gan.train.runlog import RunLogger
+from gan.train.stopping import StopSignals
 from gan.train.validator import Validator
 from generators import build_generator
 
@@ -114,7 +114,7 @@ class Trainer:
                                 self.reconstruction, adversarial, self.ema)
         self.timer = PhaseTimer(acc.device)
         self.step = 0
-        self._stop_requested = False
+        self._stop_step = 0
         state = self.checkpointer.load(resume, cfg) if resume is not None else None
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint (keeps the step's own)
         self.runlog = RunLogger(acc, "tb", cfg.data.sample_rate, purge_step=None if state is None else state["step"] + 1)
@@ -194,16 +194,23 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def train(self) -> None:
-        """Train to ``trainer.max_steps``: log, validate and save on schedule; SIGTERM / SIGINT save and stop."""
+        """Train to ``trainer.max_steps``: log, validate and save on schedule.
+
+        SIGTERM / SIGINT (Ctrl-C) finish the step, save a complete checkpoint and return; further
+        signals meanwhile print one line and change nothing, and stay ignored afterwards (the
+        process is expected to exit: ``gan.train.stopping``).
+        """
         t, acc = self.cfg.trainer, self.accelerator
-        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.checkpointer.restart_clock()
         batches = iter(make_train_loader(self.cache_dir, self.cfg.data, acc.process_index, acc.num_processes,
                                          start_index=self.step * t.grad_accum))
         bar = self._progress_bar()
         window = _Window(self.timer)
+        signals = StopSignals(lambda: f"the checkpoint of step {self._stop_step} is being written")
+        signals.install()  # before the loader's workers start: they inherit it until they ignore both signals
         try:
             while self.step < t.max_steps:
+                self._stop_step = self.step + 1  # the step a stop requested now saves
                 logs = self.train_step(self.next_micro_batches(batches))
                 self.step += 1
                 window.steps += 1
@@ -216,15 +223,15 @@ class Trainer:
                                     g=f"{logs['train/g/total']:.3f}", mel=f"{logs.get('train/g/mel', float('nan')):.3f}")
                 if self.step % t.val_every == 0 or self.step == t.max_steps:  # a short run validates at its end
                     self.validate()
-                save, stop = self.checkpointer.due(self.step, self._stop_requested)
+                save, stop = self.checkpointer.due(self.step, signals.requested)
                 if save:
                     self.save()
                 if stop:
                     log.info("stopped by signal at step %d; resume with --resume auto", self.step)
                     break
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            batches.close()  # the loader's workers stop here, while a signal still only says "already stopping"
+            signals.done()
             if bar is not None:
                 bar.close()
             self.runlog.flush()
@@ -249,9 +256,6 @@ class Trainer:
 
     def _unwrap(self, model) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model, keep_torch_compile=False)
-
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
 
     def _progress_bar(self):
         if not self.progress:
