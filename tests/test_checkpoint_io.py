@@ -33,7 +33,8 @@ def test_every_checkpoint_read_maps_files_a_gpu_wrote(tiny_data, tmp_path):
     loaded = load_generator(tmp_path / "gpu")  # enhance.py, evaluate.py
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in g.items())
 
-    tr = make_trainer(tiny_data, tmp_path / "gpu", resume=step, max_steps=4, pretrain_steps=1, ema_decay=0.9)  # --resume
+    # --resume
+    tr = make_trainer(tiny_data, tmp_path / "gpu", resume=step, max_steps=4, pretrain_steps=1, ema_decay=0.9)
     assert tr.step == 3 and tr.opt_g.state
     tr.close()
 

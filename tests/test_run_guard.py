@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
-from gan.train.lock import RunDirBusy
+from gan.train.lock import RunDirError
 from helpers import PY, make_trainer, tiny_dict, write_config
 
 sys.path.insert(0, str(ROOT / "launch"))
@@ -58,7 +58,7 @@ def test_a_second_start_is_refused_until_the_first_is_killed(tiny_data, tmp_path
 
 def test_one_trainer_per_run_directory_within_a_process_too(tiny_data, tmp_path):
     a = make_trainer(tiny_data, tmp_path / "run")
-    with pytest.raises(RunDirBusy, match=f"pid {os.getpid()} on host"):
+    with pytest.raises(RunDirError, match=f"pid {os.getpid()} on host"):
         make_trainer(tiny_data, tmp_path / "run")
     a.save()
     a.close()  # frees the directory
@@ -120,3 +120,21 @@ def test_ctrl_c_pressed_again_while_stopping_changes_nothing(tiny_data, tmp_path
                        r"\(pressing Ctrl-C again changes nothing\)", out)
     assert notes == [str(stopped)], out[-3000:]  # said once, however often pressed
     assert resolve_resume(run, "auto").name == f"step_{stopped:09d}"  # complete: latest names it
+
+
+def test_a_filesystem_without_locks_runs_unlocked_and_an_unwritable_run_dir_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from gan.train.lock import RunDirLock
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunDirError, match=r"^run directory .*file/run: cannot be created or written \(Not a "
+                                          r"directory\); pick another --run-dir$"):
+        RunDirLock.acquire(tmp_path / "file" / "run")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr("fcntl.flock", no_locks)
+    assert RunDirLock.acquire(tmp_path / "run") is None
+    assert "its filesystem has no locks (No locks available); make sure no other training" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """One training per run directory: an OS lock on ``<run_dir>/.lock``, held by the launch's main process.
 
-    lock = lock_run_dir(accelerator, run_dir)   # every rank calls it; RunDirBusy (exit 2) on every rank
+    lock = lock_run_dir(accelerator, run_dir)   # every rank calls it; RunDirError (exit 2) on every rank
     ...
     if lock is not None:
         lock.release()                          # or the process ends: the kernel drops it
@@ -30,8 +30,8 @@ LOCK_NAME = ".lock"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)  # the filesystem has no flock
 
 
-class RunDirBusy(UnshiftError):
-    """The run directory is held by another training, or cannot be created; the message names it."""
+class RunDirError(UnshiftError):
+    """The run directory is held by another training, or cannot be created; the message names it (exit 2)."""
 
 
 class RunDirLock:
@@ -44,7 +44,7 @@ class RunDirLock:
     def acquire(cls, run_dir: str | Path) -> RunDirLock | None:
         """Take the lock of ``run_dir`` (created if missing) and write this process's pid and host into it.
 
-        Returns None where the filesystem has no locks (said once). Raises ``RunDirBusy`` naming
+        Returns None where the filesystem has no locks (with a one-line note). Raises ``RunDirError`` naming
         the holder when another process has it, or when ``run_dir`` cannot be created or written.
         """
         run_dir = Path(run_dir)
@@ -53,15 +53,16 @@ class RunDirLock:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunDirBusy(f"run directory {run_dir}: cannot be created or written ({e.strerror or first_line(e)}); "
-                             "pick another --run-dir") from None
+            why = e.strerror or first_line(e)
+            raise RunDirError(f"run directory {run_dir}: cannot be created or written ({why}); pick another "
+                              "--run-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise RunDirBusy(f"run directory {run_dir} is in use by another training ({holder}); wait for it to "
-                             "end or stop it, or pick another --run-dir") from None
+            raise RunDirError(f"run directory {run_dir} is in use by another training ({holder}); wait for it to "
+                              "end or stop it, or pick another --run-dir") from None
         except OSError as e:
             os.close(fd)
             if e.errno not in _NO_LOCKS:
@@ -69,9 +70,12 @@ class RunDirLock:
             log.warning("note: run directory %s: its filesystem has no locks (%s); make sure no other training "
                         "uses it at the same time", run_dir, e.strerror)
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        try:  # for the message of a refused start; the lock holds without it (e.g. on a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except OSError:
+            pass
         return cls(fd, path)
 
     def release(self) -> None:
@@ -91,18 +95,18 @@ def lock_run_dir(accelerator, run_dir: str | Path) -> RunDirLock | None:
 
     The main process (local rank 0 of machine 0) takes it before any rank writes there and
     tells every other rank the outcome in one broadcast, so a refusal ends every rank with the
-    same ``RunDirBusy`` (printed once) instead of leaving them waiting at the next collective.
+    same ``RunDirError`` (printed once) instead of leaving them waiting at the next collective.
     """
     lock, refusal = None, None
     if accelerator.is_main_process:
         try:
             lock = RunDirLock.acquire(run_dir)
-        except RunDirBusy as e:
+        except RunDirError as e:
             refusal = str(e)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         refusal = broadcast_object_list([refusal])[0]
     if refusal is not None:
-        raise RunDirBusy(refusal)
+        raise RunDirError(refusal)
     return lock

@@ -62,7 +62,7 @@ class Trainer:
     Raises:
         CheckpointError: ``run_dir`` already holds checkpoints and ``resume`` is None; an unusable checkpoint.
         ConfigError, CacheError: a bad config or training data (from building the cache).
-        RunDirBusy: another training holds ``run_dir`` (``gan.train.lock``).
+        RunDirError: another training holds ``run_dir`` (``gan.train.lock``).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None, progress: bool = True,
@@ -208,9 +208,9 @@ class Trainer:
         window = _Window(self.timer)
         signals = StopSignals(lambda: f"the checkpoint of step {self._stop_step} is being written")
         signals.install()  # before the loader's workers start: they inherit it until they ignore both signals
+        self._stop_step = self.step + 1  # the step whose checkpoint a stop requested now ends with
         try:
             while self.step < t.max_steps:
-                self._stop_step = self.step + 1  # the step a stop requested now saves
                 logs = self.train_step(self.next_micro_batches(batches))
                 self.step += 1
                 window.steps += 1
@@ -224,6 +224,8 @@ class Trainer:
                 if self.step % t.val_every == 0 or self.step == t.max_steps:  # a short run validates at its end
                     self.validate()
                 save, stop = self.checkpointer.due(self.step, signals.requested)
+                if not stop:
+                    self._stop_step = self.step + 1
                 if save:
                     self.save()
                 if stop:
