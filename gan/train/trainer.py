@@ -13,6 +13,8 @@ directory. Its parts, each in its own module:
 - ``checkpointer`` when to save, what a checkpoint holds, whether one can be resumed
 - ``validator``    the fixed validation crops, their scores, audio and spectrograms
 - ``runlog``       scalars, audio and images through Accelerate's trackers
+- ``lock``         one training per run directory (an OS lock held by the launch's main process)
+- ``stopping``     SIGTERM / SIGINT: finish the step, save, exit 0; a second Ctrl-C changes nothing
 
 The batch sequence, the learning rates and the stage are pure functions of the step, so
 a resumed run continues exactly where it stopped (bit for bit on CPU).
