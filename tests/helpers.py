@@ -3,6 +3,7 @@ checkpoints for inference and evaluation, small audio folders. Fixtures built on
 ``conftest.py``."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,51 @@ def checkpoint_weights(ckpt: Path) -> dict:
     g = torch.load(ckpt / "generator.pt", weights_only=True)["state_dict"]
     files = sorted(ckpt.glob("model*.safetensors"))
     return {"ema_g": g, **{f.name: load_file(f) for f in files}}
+
+
+@contextlib.contextmanager
+def written_on_gpu():
+    """``torch.save`` inside the block tags every CPU storage ``cuda:0``, as a run on a GPU writes its files."""
+    from torch import serialization
+
+    entry = (-1, lambda storage: "cuda:0" if storage.device.type == "cpu" else None, lambda storage, location: None)
+    serialization._package_registry.insert(0, entry)  # asked first, before the CPU's own tagger
+    try:
+        yield
+    finally:
+        serialization._package_registry.remove(entry)
+
+
+def rewrite_as_on_gpu(path: Path) -> None:
+    """Rewrite a ``torch.save`` file as a GPU run would have written it; checks that the tag took.
+
+    Read back without a ``map_location`` it must fail on a CPU-only machine (the CUDA
+    deserialisation error) or land on the GPU.
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    with written_on_gpu():
+        torch.save(obj, path)
+    if torch.cuda.is_available():
+        back = torch.load(path, weights_only=False)
+        assert next(t for t in _tensors(back)).device.type == "cuda", path
+    else:
+        try:
+            torch.load(path, weights_only=False)
+        except RuntimeError as e:
+            assert "CUDA" in str(e), e
+        else:
+            raise AssertionError(f"{path}: still loads on the CPU without a map")
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -178,3 +178,73 @@ def test_log_with_names_installed_trackers_only():
         TrainerConfig(max_steps=1, log_with=["tensorbord"])
     with pytest.raises(ConfigError, match="trainer.log_with: aim is not installed; pip install aim"):
         TrainerConfig(max_steps=1, log_with=["aim"])
+
+
+# ------------------------------------------------------------------ partial sections keep every other default
+
+def _minimal() -> dict:
+    """Only the required keys: every other field of every section is a default."""
+    return {"data": {"audio_dir": "data/demo", "cache_dir": "cache/x"}, "generator": {"name": "dac_unet"},
+            "discriminators": [{"name": "mpd"}, {"name": "mrd"}], "trainer": {"max_steps": 10}}
+
+
+def _sections(node, path: str = ""):
+    """Dotted path -> config object of every section (dataclass) below ``node``, lists included."""
+    import dataclasses
+
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _sections(item, f"{path}.{i}")
+        return
+    if not dataclasses.is_dataclass(node):
+        return
+    if path:
+        yield path, node
+    for f in dataclasses.fields(node):
+        yield from _sections(getattr(node, f.name), f"{path}.{f.name}".lstrip("."))
+
+
+SECTIONS = dict(_sections(config_from_dict(_minimal())))
+
+
+def test_every_nested_section_is_listed():
+    assert {"data.degrade", "loss.mel", "optim.generator", "optim.discriminator.scheduler", "generator",
+            "discriminators.1"} <= set(SECTIONS)
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_writing_part_of_a_section_keeps_every_other_default(section):
+    """Writing any one field of a section, alone, at its default value (a subsection as an empty mapping) changes
+    nothing else: e.g. a config with only ``optim: {discriminator: {lr: ...}}`` keeps the clipping."""
+    import dataclasses
+
+    from gan.config import to_dict
+
+    expected = to_dict(config_from_dict(_minimal()))
+    obj = SECTIONS[section]
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        d = _minimal()
+        node = d
+        for key in section.split("."):
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[f.name] = {} if dataclasses.is_dataclass(value) else to_dict(value)
+        assert to_dict(config_from_dict(d)) == expected, f"{section}.{f.name}"
+
+
+def test_set_one_optimizer_field_keeps_both_clippings():
+    for override in ("optim.generator.lr=2e-4", "optim.discriminator.lr=2e-4"):
+        optim = config_from_dict(_minimal(), [override]).optim
+        assert (optim.generator.grad_clip, optim.discriminator.grad_clip) == (1000.0, 10.0), override
+
+
+def test_a_sections_defaults_live_in_its_own_class():
+    """No parent builds a nested section with arguments (``default_factory=lambda: X(a=1)``): the loader builds a
+    written section from its class, so such a default would vanish as soon as any part of it is written."""
+    import dataclasses
+
+    for path, obj in SECTIONS.items():
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                assert f.default_factory is type(value) and value == type(value)(), f"{path}.{f.name}"

@@ -195,9 +195,26 @@ class OptimizerConfig:
 
 
 @dataclass
+class GeneratorOptimizerConfig(OptimizerConfig):
+    """``optim.generator``: G's clipping (DAC's) is this class's own default, so it holds whatever part is written."""
+
+    grad_clip: Optional[float] = 1000.0
+
+
+@dataclass
+class DiscriminatorOptimizerConfig(OptimizerConfig):
+    """``optim.discriminator``: D's clipping (DAC's) is this class's own default."""
+
+    grad_clip: Optional[float] = 10.0
+
+
+@dataclass
 class OptimConfig:
-    generator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(grad_clip=1000.0))
-    discriminator: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(grad_clip=10.0))
+    # A nested section's defaults live in its own class (default_factory=the class itself): the loader builds
+    # a written section from that class, so a default made by the parent's factory would be lost field by
+    # field as soon as any part of the section is written.
+    generator: GeneratorOptimizerConfig = field(default_factory=GeneratorOptimizerConfig)
+    discriminator: DiscriminatorOptimizerConfig = field(default_factory=DiscriminatorOptimizerConfig)
 
 
 # Trackers Accelerate supports, and the package each needs (``trainer.log_with``).

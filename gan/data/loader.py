@@ -198,8 +198,13 @@ class TrainLoader:
         done = ctx.Queue()
         procs = [ctx.Process(target=_worker_loop, args=(self.stream, slots, tasks[w], done, os.getpid()), daemon=True,
                              name=f"unshift-data-{w}") for w in range(workers)]
-        for p in procs:
-            p.start()
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # a worker is born with both blocked ...
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # ... here a press pending meanwhile arrives
         try:
             for k in range(n_slots):
                 tasks[k % workers].put((k, self.start_index + k, k % n_slots))
@@ -255,6 +260,7 @@ def _worker_loop(stream: TrainStream, slots: dict[str, torch.Tensor], tasks, don
     """Build the batches named on ``tasks`` into ``slots`` until told to stop (None) or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a group-wide SIGTERM (preemption): the trainer finishes its step first
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked from the fork until ignored
     torch.set_num_threads(1)
     while True:
         try:

@@ -1,5 +1,6 @@
 """Training: the loop (``trainer``), one GAN step (``gan_step``), backends (``backend``, ``ds``), checkpoints
-(``checkpointer``, ``checkpoint``), validation (``validator``), run logging (``runlog``) and starting a run (``run``)."""
+(``checkpointer``, ``checkpoint``), validation (``validator``), run logging (``runlog``), starting a run (``run``),
+one training per run directory (``lock``) and stopping on a signal (``stopping``)."""
 import os
 
 import torch

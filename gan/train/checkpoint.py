@@ -15,13 +15,15 @@ a shared filesystem every machine writes its own copy (``setup_writers``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from gan.errors import UnshiftError
+
+from gan.errors import UnshiftError, first_line
 from gan.log import get_logger
 
 log = get_logger(__name__)
@@ -32,6 +34,35 @@ LATEST = "latest"
 
 class CheckpointError(UnshiftError, ValueError):
     """A checkpoint that cannot be used; the message names it and what to do."""
+
+
+class CheckpointWriteError(UnshiftError):
+    """A checkpoint could not be written (disk full, read-only, permissions, quota); the previous one stands."""
+
+    exit_code = 1  # the run did work; its last complete checkpoint is intact
+
+
+_TORCH_WRITER = ("inline_container", "PytorchStreamWriter", "file write failed")  # torch.save's archive writer
+
+
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why writing a checkpoint file into ``folder`` failed (e.g. ``No space left on device``), or None when ``e``
+    is not a failed write. The writers say it differently: ``OSError`` (Python, Accelerate), ``SafetensorError``
+    with the OS error in its text, and ``RuntimeError`` from ``torch.save``'s archive writer, without one.
+    """
+    if isinstance(e, OSError):
+        return e.strerror or first_line(e)
+    text = str(e)
+    if type(e).__name__ == "SafetensorError":
+        code = re.search(r"os error (\d+)", text)
+        return os.strerror(int(code.group(1))) if code else first_line(e)
+    if isinstance(e, RuntimeError) and any(mark in text for mark in _TORCH_WRITER):
+        try:
+            full = shutil.disk_usage(folder).free < 2**20
+        except OSError:
+            full = False
+        return os.strerror(errno.ENOSPC) if full else f"torch.save failed: {first_line(e)}"
+    return None
 
 
 def step_dir_name(step: int) -> str:
@@ -189,6 +220,27 @@ def resolve_resume(run_dir: str | Path, resume: str | None, option: str = "--res
     return path
 
 
+def read_torch_file(path: str | Path, trusted: bool = False):
+    """A ``torch.save`` file of a checkpoint with every tensor on the CPU, whatever device wrote it.
+
+    A run on a GPU tags its storages ``cuda:N``: read without a map they fail on a CPU-only
+    machine and land on the writer's GPU elsewhere. Every checkpoint read goes through here (or
+    ``read_safetensors``); callers move what they use to their own device. ``trusted``: unpickle
+    any object (a trainer state this code wrote), else weights only. Raises what ``torch.load``
+    raises for a missing, truncated or foreign file.
+    """
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=not trusted)
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """A ``.safetensors`` file's tensors, on the CPU (as ``read_torch_file``)."""
+    from safetensors.torch import load_file
+
+    return load_file(path, device="cpu")
+
+
 def read_generator_file(path: str | Path) -> dict:
     """A ``generator.pt`` (``{"state_dict", "step", "ema"}``) read onto the CPU, tensors only (``weights_only``).
 
@@ -197,12 +249,10 @@ def read_generator_file(path: str | Path) -> dict:
     """
     import warnings
 
-    import torch
-
     try:
         with warnings.catch_warnings():  # torch's notes on a foreign pickle's protocol: our line says it all
             warnings.simplefilter("ignore", UserWarning)
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = read_torch_file(path)
     except Exception:  # torch raises many types for truncated or foreign files, with advice not to pass on
         blob = None
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):

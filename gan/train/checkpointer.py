@@ -16,6 +16,7 @@ Accelerate's ``save_state`` files (weights, optimizer states, every rank's RNG s
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from gan.config import Config, TrainerConfig, dump_config, to_dict
 from gan.config.loader import RENAMED_DISCRIMINATORS
 from gan.errors import first_line
 from gan.log import get_logger
-from gan.train.checkpoint import (CheckpointError, CheckpointManager, read_generator_file, resolve_resume,
-                                  setup_writers, strip_wrapper_prefixes)
+from gan.train.checkpoint import (CheckpointError, CheckpointManager, CheckpointWriteError, read_generator_file,
+                                  read_safetensors, read_torch_file, resolve_resume, setup_writers, strip_wrapper_prefixes,
+                                  write_failure)
 from gan.train.gan_step import NonFiniteError
 
 log = get_logger(__name__)
@@ -60,26 +62,72 @@ class Checkpointer:
              cfg: Config, ema: bool) -> Path | None:
         """Write the checkpoint of ``step`` (every rank calls this); returns its directory where it was written.
 
-        Raises ``NonFiniteError`` (nothing written) when G or D holds a non-finite weight.
+        Raises ``NonFiniteError`` (nothing written) when G or D holds a non-finite weight, and
+        ``CheckpointWriteError`` (one line, on every rank) when any rank cannot write its files
+        (disk full, read-only, permissions, quota): the half-written folder is removed (or pruned
+        by the next save) and ``latest`` still names the last complete checkpoint.
         """
         acc = self.backend.accelerator
         finite = all(torch.isfinite(p).all() for m in (generator, discriminator) for p in m.parameters())
         if not finite:
             raise NonFiniteError(f"step {step}: weights are not finite; refusing to write a checkpoint")
-        tmp = self.files.begin(step) if self.writes else self.files.tmp_dir(step)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()  # every rank's files (RNG states, shards) are in before the commit
-        final = None
-        if self.writes:
-            torch.save(state, tmp / "trainer_state.pt")
-            torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema,
-                        "train_seconds": state.get("train_seconds")}, tmp / "generator.pt")
-            (tmp / "config.yaml").write_text(dump_config(cfg))
-            final = self.files.commit(step)
-        acc.wait_for_everyone()
+        tmp, final = self.files.tmp_dir(step), self.files.final_dir(step)
+        existed = self.writes and final.exists()  # a resumed run passing a saved step again replaces it
+        # each phase ends with every rank agreeing whether any rank failed (a barrier as well: the folder exists
+        # before the ranks write into it, every rank's files are in before the commit)
+        failed = self._agree(self._writing(lambda: self.files.begin(step)) if self.writes else None)
+        if failed is None:
+            failed = self._agree(self._writing(lambda: acc.save_state(str(tmp))))  # weights, optimizers, RNG states
+        if failed is None:
+            failed = self._agree(self._writing(lambda: self._finish(tmp, step, state, generator, cfg, ema))
+                                 if self.writes else None)
+        if failed is not None:
+            if self.writes:  # what cannot be removed now, the next save prunes
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not existed and final.exists():  # renamed into place, but ``latest`` was not moved to it
+                    shutil.rmtree(final, ignore_errors=True)
+            raise CheckpointWriteError(self._failure_message(step, failed))
         self.last_save = time.monotonic()
-        return final
+        return final if self.writes else None
+
+    def _finish(self, tmp: Path, step: int, state: dict, generator: torch.nn.Module, cfg: Config, ema: bool) -> None:
+        """The writer's own files, then the rename into place and ``latest``."""
+        torch.save(state, tmp / "trainer_state.pt")
+        torch.save({"state_dict": generator.state_dict(), "step": step, "ema": ema,
+                    "train_seconds": state.get("train_seconds")}, tmp / "generator.pt")
+        (tmp / "config.yaml").write_text(dump_config(cfg))
+        self.files.commit(step)
+
+    def _writing(self, write) -> str | None:
+        """Run one writing phase on this rank: None, or why a file could not be written (other errors propagate)."""
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 -- narrowed by write_failure
+            reason = write_failure(e, self.files.dir)
+            if reason is None:
+                raise
+            return reason
+        return None
+
+    def _agree(self, failure: str | None) -> str | None:
+        """Whether any rank failed to write, agreed by every rank (one all-reduce; the reasons gathered only then)."""
+        (any_failed,) = self.backend.any_true(failure is not None)
+        if not any_failed or self.backend.accelerator.num_processes == 1:
+            return failure
+        from accelerate.utils import gather_object
+
+        return next(f for f in gather_object([failure]) if f is not None)
+
+    def _failure_message(self, step: int, reason: str) -> str:
+        try:
+            latest = self.files.latest()
+        except CheckpointError:
+            latest = None
+        where = f"step {step}: the checkpoint could not be written to {self.files.dir} ({reason})"
+        if latest is None:
+            return f"{where}; there is no complete checkpoint yet: free space or fix the folder, then start again"
+        return (f"{where}; the last complete checkpoint, {latest}, stands: free space or fix the folder, then "
+                "continue with --resume auto")
 
     def load(self, path: str | Path, cfg: Config) -> dict:
         """Restore Accelerate's state from ``path``; returns the trainer state for the caller to load.
@@ -89,7 +137,7 @@ class Checkpointer:
         """
         path = Path(path)
         try:
-            state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+            state = read_torch_file(path / "trainer_state.pt", trusted=True)
         except Exception as e:  # truncated, foreign or corrupt files all end here
             raise CheckpointError(f"checkpoint {path}: trainer_state.pt unreadable ({first_line(e)}); "
                                   "pick an older one") from None
@@ -98,7 +146,7 @@ class Checkpointer:
         check_compatible(state, cfg, path)
         self.backend.check_resume(path)
         try:
-            self.backend.accelerator.load_state(str(path))
+            self.backend.accelerator.load_state(str(path))  # maps to this process's device (CPU on one process)
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint {path}: cannot be loaded ({first_line(e)}); pick an older one") from None
         return state
@@ -131,9 +179,6 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
     network's weights do not fit its config here.
     """
-    from safetensors.torch import load_file
-
-
     step = resolve_resume(path, str(path), option="--init-from")
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
     if not sources[0][2].is_file():
@@ -141,7 +186,7 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
     for net, name, file in sources:
         if not file.is_file():
             continue
-        state = load_file(file) if file.suffix == ".safetensors" else read_generator_file(file)["state_dict"]
+        state = read_safetensors(file) if file.suffix == ".safetensors" else read_generator_file(file)["state_dict"]
         try:
             net.load_state_dict(strip_wrapper_prefixes(state))
         except RuntimeError as e:

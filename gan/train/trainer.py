@@ -13,13 +13,14 @@ directory. Its parts, each in its own module:
 - ``checkpointer`` when to save, what a checkpoint holds, whether one can be resumed
 - ``validator``    the fixed validation crops, their scores, audio and spectrograms
 - ``runlog``       scalars, audio and images through Accelerate's trackers
+- ``lock``         one training per run directory (an OS lock held by the launch's main process)
+- ``stopping``     SIGTERM / SIGINT: finish the step, save, exit 0; a second Ctrl-C changes nothing
 
 The batch sequence, the learning rates and the stage are pure functions of the step, so
 a resumed run continues exactly where it stopped (bit for bit on CPU).
 """
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -41,7 +42,9 @@ from gan.train.backend import build_backend
 from gan.train.checkpoint import CheckpointError, code_version
 from gan.train.checkpointer import Checkpointer, load_init_weights, model_config
 from gan.train.gan_step import ADVERSARIAL, GANStep, PhaseTimer, stage_at
+from gan.train.lock import lock_run_dir
 from gan.train.runlog import RunLogger, closing_line
+from gan.train.stopping import StopSignals
 from gan.train.validator import Validator
 from generators import build_generator
 from generators.layers import fuse_activations
@@ -62,15 +65,24 @@ class Trainer:
     Raises:
         CheckpointError: ``run_dir`` already holds checkpoints and ``resume`` is None; an unusable checkpoint.
         ConfigError, CacheError: a bad config or training data (from building the cache).
+        RunDirError: another training holds ``run_dir`` (``gan.train.lock``).
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Path | None = None, progress: bool = True,
                  init_from: Path | None = None):
-        t = cfg.trainer
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.backend = build_backend(cfg, self.run_dir)
         acc = self.accelerator = self.backend.accelerator
         self.is_main = acc.is_main_process
+        self.run_lock = lock_run_dir(acc, self.run_dir)  # before any rank writes there: one history per run dir
+        try:
+            self._build(resume, progress, init_from)
+        except BaseException:
+            self._release_run_dir()
+            raise
+
+    def _build(self, resume: Path | None, progress: bool, init_from: Path | None) -> None:
+        cfg, t, acc, run_dir = self.cfg, self.cfg.trainer, self.accelerator, self.run_dir
         use_cpu_threads(t.threads)  # on the CPU: the free cores only
         self.checkpointer = Checkpointer(self.run_dir, t, self.backend)
         if resume is None and self.checkpointer.files.steps():  # checked before any expensive work
@@ -109,7 +121,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # wall-clock seconds spent in train(), over every resumption
         self._clock = None  # (monotonic time, train_seconds) when train() started
-        self._stop_requested = False
+        self._stop_step = 0
         state = self.checkpointer.load(resume, cfg) if resume is not None else None
         # on resume, TensorBoard drops what the interrupted run logged after its checkpoint (keeps the step's own)
         self.runlog = RunLogger(acc, "tb", cfg.data.sample_rate, purge_step=None if state is None else state["step"] + 1)
@@ -191,9 +203,13 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def train(self) -> None:
-        """Train to ``trainer.max_steps``: log, validate and save on schedule; SIGTERM / SIGINT save and stop."""
+        """Train to ``trainer.max_steps``: log, validate and save on schedule.
+
+        SIGTERM / SIGINT (Ctrl-C) finish the step, save a complete checkpoint and return; further
+        signals meanwhile print one line and change nothing, and stay ignored afterwards (the
+        process is expected to exit: ``gan.train.stopping``).
+        """
         t, acc = self.cfg.trainer, self.accelerator
-        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         self.checkpointer.restart_clock()
         batches = iter(make_train_loader(self.cache_dir, self.cfg.data, acc.process_index, acc.num_processes,
                                          start_index=self.step * t.grad_accum))
@@ -201,6 +217,9 @@ class Trainer:
         window = _Window(self.timer)
         started, first_step = time.monotonic(), self.step
         self._clock = started, self.train_seconds
+        signals = StopSignals(lambda: f"the checkpoint of step {self._stop_step} is being written")
+        signals.install()  # before the loader's workers start: they inherit it until they ignore both signals
+        self._stop_step = self.step + 1  # the step whose checkpoint a stop requested now ends with
         try:
             while self.step < t.max_steps:
                 logs = self.train_step(self.next_micro_batches(batches))
@@ -215,15 +234,17 @@ class Trainer:
                                     g=f"{logs['train/g/total']:.3f}", mel=f"{logs.get('train/g/mel', float('nan')):.3f}")
                 if self.step % t.val_every == 0 or self.step == t.max_steps:  # a short run validates at its end
                     self.validate()
-                save, stop = self.checkpointer.due(self.step, self._stop_requested)
+                save, stop = self.checkpointer.due(self.step, signals.requested)
+                if not stop:
+                    self._stop_step = self.step + 1
                 if save:
                     self.save()
                 if stop:
                     log.info("stopped by signal at step %d; resume with --resume auto", self.step)
                     break
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            batches.close()  # the loader's workers stop here, while a signal still only says "already stopping"
+            signals.done()
             if bar is not None:
                 bar.close()
             self.runlog.flush()
@@ -239,8 +260,15 @@ class Trainer:
         return self._clock[1] + time.monotonic() - self._clock[0]
 
     def close(self) -> None:
-        """End the trackers and the process group."""
-        self.accelerator.end_training()
+        """End the trackers and the process group; let the next training start in the run directory."""
+        try:
+            self.accelerator.end_training()
+        finally:
+            self._release_run_dir()
+
+    def _release_run_dir(self) -> None:
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     # ----------------------------------------------------------------- helpers
 
@@ -251,9 +279,6 @@ class Trainer:
 
     def _unwrap(self, model) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model, keep_torch_compile=False)
-
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
 
     def _progress_bar(self):
         if not self.progress:
