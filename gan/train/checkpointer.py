@@ -16,6 +16,7 @@ Accelerate's ``save_state`` files (weights, optimizer states, every rank's RNG s
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -157,11 +158,29 @@ def model_config(cfg: Config) -> dict:
     return {"generator": to_dict(cfg.generator), "discriminators": to_dict(cfg.discriminators)}
 
 
+def _with_defaults(saved: dict, current) -> dict:
+    """``saved`` (a model section as a checkpoint stored it) with every field of ``current``'s class that it
+    lacks set to that field's default."""
+    out = dict(saved)
+    for f in dataclasses.fields(current):
+        if f.name in out:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_dict(f.default_factory())
+    return out
+
+
 def check_compatible(state: dict, cfg: Config, path: Path) -> None:
     """Refuse (``CheckpointError``) a trainer state whose models or optimizers differ from ``cfg``'s."""
     saved = dict(state["model_config"])
     saved["discriminators"] = [{**d, "name": RENAMED_DISCRIMINATORS.get(d["name"], d["name"])}
                                for d in saved["discriminators"]]  # names of an earlier version
+    # fields added since the checkpoint was written take their defaults (a default keeps the old model)
+    saved["generator"] = _with_defaults(saved["generator"], cfg.generator)
+    saved["discriminators"] = [_with_defaults(d, c) if isinstance(d, dict) and d.get("name") == c.name else d
+                               for d, c in zip(saved["discriminators"], cfg.discriminators)]
     for section, value in model_config(cfg).items():
         if saved[section] != value:
             raise CheckpointError(f"checkpoint {path}: was trained with a different {section} config; "
