@@ -18,7 +18,9 @@ and predicts one log-gain per band and frame, applied to the STFT and resynthesi
       -> bin gains exp(W g) (B, K, F), W (K, N) triangular band weights that sum to 1 per bin
       -> y = x + ISTFT(X (exp(W g) - 1))                                     (B, 1, T)
 
-The last conv starts at zero, so an untrained module returns exactly its input (the
+Every conv is weight-normalised as in the rest of the generator (Muon turns the directions, AdamW
+the magnitudes, so no weight grows by Muon's fixed-size steps). The last conv starts at zero (its
+magnitude and bias), so an untrained module returns exactly its input (the
 correction term is the ISTFT of zeros). Gains are bounded to +-``max_gain_db`` by a tanh.
 Per-band gains restore band energies explicitly, as DeepFilterNet's ERB gains (Schröter et
 al. 2022) and Apollo's gain-shape band split (Li & Luo 2024) do; the encoder's context is
@@ -37,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
+from .layers import weight_normed
 from .receptive import Span
 
 SAMPLE_RATE = 48000
@@ -99,18 +102,20 @@ class BandGain(nn.Module):
         c = cfg.channels
         layers, c_in = [], 5
         for s in self.FREQ_STRIDES:
-            layers += [nn.Conv2d(c_in, c, kernel_size=(2 * s + 1, 3), stride=(s, 1), padding=(s, 1)), nn.GELU()]
+            layers += [weight_normed(nn.Conv2d(c_in, c, kernel_size=(2 * s + 1, 3), stride=(s, 1), padding=(s, 1))),
+                       nn.GELU()]
             c_in = c
         self.encoder = nn.Sequential(*layers)
         rows = cfg.n_fft // 2 + 1
         for s in self.FREQ_STRIDES:
             rows = (rows - 1) // s + 1
-        self.to_frames = nn.Conv1d(c * rows, c, kernel_size=1)  # (B, C * rows, F) -> (B, C, F)
+        self.to_frames = weight_normed(nn.Conv1d(c * rows, c, kernel_size=1))  # (B, C * rows, F) -> (B, C, F)
         self.to_gain = nn.Sequential(
-            nn.Conv1d(2 * c, c, kernel_size=3, padding=1), nn.GELU(),
-            nn.Conv1d(c, cfg.n_bands, kernel_size=3, padding=1))
-        nn.init.zeros_(self.to_gain[-1].weight)
-        nn.init.zeros_(self.to_gain[-1].bias)
+            weight_normed(nn.Conv1d(2 * c, c, kernel_size=3, padding=1)), nn.GELU(),
+            weight_normed(nn.Conv1d(c, cfg.n_bands, kernel_size=3, padding=1)))
+        with torch.no_grad():  # the last conv starts at zero: magnitude and bias (its direction stays random)
+            self.to_gain[-1].parametrizations.weight.original0.zero_()
+            self.to_gain[-1].bias.zero_()
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         self.register_buffer("weights", band_weights(cfg.n_fft, cfg.n_bands), persistent=False)  # (K, N)
         k = torch.arange(cfg.n_fft // 2 + 1, dtype=torch.float32)
@@ -129,7 +134,7 @@ class BandGain(nn.Module):
         d_frame = _wrap(d_frame - self.bin_advance[:, None])  # deviation from the bin's own frequency
         # phase steps mean nothing where there is no energy: weight them by a soft presence (per frame)
         present = mag / (mag + mag.mean(dim=1, keepdim=True) + 1e-8)
-        return torch.stack([torch.log(mag + 1e-5), present * torch.cos(d_bin), present * torch.sin(d_bin),
+        return torch.stack([torch.log(mag + 1e-5) / 4, present * torch.cos(d_bin), present * torch.sin(d_bin),
                             present * torch.cos(d_frame), present * torch.sin(d_frame)], dim=1)
 
     def log_gains(self, spec: torch.Tensor) -> torch.Tensor:
