@@ -186,9 +186,14 @@ def test_bench_train_prints_one_json_object(tiny_data, tmp_path):
 
     cfg = write_config(tiny_data, tmp_path / "c.yaml")
     out = subprocess.run([PY, str(ROOT / "launch" / "bench.py"), "train", "--config", str(cfg), "--steps", "1",
-                          "--untimed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--untimed", "0", "--before", "data.batch_size=4"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)  # nothing but the JSON on stdout
+    both = json.loads(out.stdout)  # nothing but the JSON on stdout
+    assert both["before"]["batch_size"] == 4 and both["after"]["batch_size"] != 4
+    steps_per_s = {k: both[k]["steps_per_s"]["pretrain"] for k in ("before", "after")}
+    assert both["speedup"]["pretrain"] == steps_per_s["after"] / steps_per_s["before"]
+    result = both["after"]
     for stage in ("pretrain", "adversarial"):
         assert result["steps_per_s"][stage] > 0 and result["samples_per_s"][stage] > 0
     assert {"g_fwd_bwd", "d_fwd_bwd", "optimizer", "data"} <= set(result["adversarial"]["time_split_s_per_step"])
