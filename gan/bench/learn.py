@@ -14,6 +14,7 @@ full matrix with significance for a finished run.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 
@@ -88,6 +89,9 @@ def run(args) -> dict:
                 was = g.training
                 g.eval()
                 out["curve"][i + 1] = score(g, examples, suite, baselines)
+                print(f"step {i + 1}: " + "; ".join(  # progress on stderr (stdout keeps the JSON)
+                    f"{tag} mel {v['mel']['model']:+.1f}% (beyond level {v['mel']['beyond']:+.1f}%)"
+                    for tag, v in out["curve"][i + 1].items()), file=sys.stderr, flush=True)
                 g.train(was)
         out["train_seconds"] = round(time.perf_counter() - start, 1)
         tr.close()
