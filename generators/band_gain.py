@@ -117,7 +117,9 @@ class BandGain(nn.Module):
             self.to_gain[-1].parametrizations.weight.original0.zero_()
             self.to_gain[-1].bias.zero_()
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
-        self.register_buffer("weights", band_weights(cfg.n_fft, cfg.n_bands), persistent=False)  # (K, N)
+        with torch.device("cpu"):  # computed with checks on its values, also when the model is built on "meta"
+            weights = band_weights(cfg.n_fft, cfg.n_bands)
+        self.register_buffer("weights", weights, persistent=False)  # (K, N)
         k = torch.arange(cfg.n_fft // 2 + 1, dtype=torch.float32)
         self.register_buffer("bin_advance", 2 * math.pi * k * cfg.hop / cfg.n_fft, persistent=False)  # (K,)
 
