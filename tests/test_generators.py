@@ -284,3 +284,24 @@ def test_residual_output_starts_as_the_identity_and_learns(cfg):
         opt.step()
     assert not torch.equal(g(x), x)
     assert sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in g.parameters()) > len(list(g.parameters())) // 2
+
+
+@pytest.mark.parametrize("cfg", [tiny_dac_unet(residual=True, gain_path=True),
+                                 tiny_wavunet(residual=True, gain_path=True)], ids=["dac_unet", "wavunet"])
+def test_gain_envelope_keeps_the_scale_of_the_gain_head(cfg):
+    """The smoothing triangle sums to one, so a constant gain per frame is that gain at every sample, and
+    a step between two frames becomes a linear ramp one frame long (piecewise linear between frames)."""
+    g = build_generator(cfg)
+    n = cfg.unet_stride
+    assert g.gain_smoothing.shape == (1, 1, 2 * n - 1)
+    torch.testing.assert_close(g.gain_smoothing.sum(), torch.tensor(1.0))
+    with torch.no_grad():
+        g.gain_head.bias.fill_(0.25)  # the head's weights start at zero: a constant 0.25 per frame
+        env = g.gain_envelope(torch.randn(1, g.gain_head.in_channels, 6))
+    torch.testing.assert_close(env, torch.full((1, 1, 6 * n), 0.25))
+    frames = torch.tensor([0.0, 0.0, 1.0, 1.0])[None, None]  # a step between frames 1 and 2
+    ramp = torch.nn.functional.conv1d(torch.nn.functional.pad(torch.repeat_interleave(frames, n, -1),
+                                                              (n - 1, n - 1), mode="replicate"), g.gain_smoothing)
+    mid = ramp[0, 0, n: 3 * n]  # from the middle of frame 1 to the middle of frame 2: 0 -> 1 linearly
+    assert torch.all(mid.diff() > 0) and float(ramp[0, 0, :n // 2].max()) == 0.0
+    torch.testing.assert_close(ramp[0, 0, 2 * n - 1] + ramp[0, 0, 2 * n], torch.tensor(1.0))
