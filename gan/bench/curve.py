@@ -4,7 +4,10 @@ Scores each checkpoint (``checkpoints/step_*`` of each ``--runs`` directory) on 
 it never saw (``--heldout``, first ``--seconds`` of each), round-tripped by each of ``--shifters``
 at each ``--shift`` (0: the clean file): the % change of the mean mel distance, LSD and MR-STFT
 distance, raw (``model``: output vs input) and beyond level (``beyond``: the output gain-matched vs
-the input gain-matched), with the checkpoint's step and wall-clock training time. ``--plot`` draws
+the input gain-matched), with the checkpoint's step and wall-clock training time. For a generator
+with band gains, ``detection`` says how well its degradation encoder tells round trips that lost
+level from those that kept it: the mean band gain it applies per shifter (dB) and the AUC of that
+gain separating the phase vocoders' round trips from WSOLA's, Signalsmith's and clean input. ``--plot`` draws
 one panel per metric: improvement against training minutes, one line per run and shifter group.
 
     python launch/bench.py curve --runs runs/cpu runs/cpu_wide --plot exp/curve.png
@@ -53,12 +56,33 @@ def run(args) -> dict:
             loaded = load_generator(step_dir)
             with torch.inference_mode():
                 scores = score(loaded.model, examples, suite, baselines)
-            points.append({"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores})
+            point = {"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores}
+            if getattr(loaded.model, "band_gain", None) is not None:
+                point["detection"] = detection(loaded.model.band_gain, examples)
+            points.append(point)
         out["runs"][run_dir] = {"params": loaded.model.num_params(), "points": points}
     if args.plot:
         plot(out, args.plot)
         out["plot"] = args.plot
     return out
+
+
+def detection(band_gain, examples: list) -> dict:
+    """Mean applied band gain (dB, over bands and frames) per shifter, and the AUC (Mann-Whitney) of that
+    gain separating level-losing round trips (``LEVEL_LOSING``) from the rest (1 = always higher)."""
+    import torch
+    from scipy.stats import mannwhitneyu
+
+    gains: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        for ex in examples:
+            spec = band_gain.stft(torch.from_numpy(ex.degraded)[None, None])
+            db = 20 / np.log(10) * float(band_gain.log_gains(spec).mean())
+            gains.setdefault(ex.shifter, []).append(db)
+    losing = [g for name, v in gains.items() if name in LEVEL_LOSING for g in v]
+    kept = [g for name, v in gains.items() if name not in LEVEL_LOSING for g in v]
+    auc = float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
+    return {"auc": auc, "mean_gain_db": {name: round(float(np.mean(v)), 2) for name, v in gains.items()}}
 
 
 def _group(scores: dict, metric: str, kind: str, names) -> float:
