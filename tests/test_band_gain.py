@@ -122,3 +122,23 @@ def test_config_section_and_its_errors():
     for tiny in (tiny_dac_unet, tiny_wavunet):
         with pytest.raises(ValueError, match="band_gain: needs residual"):
             tiny(band_gain=BandGainConfig())
+
+
+def test_detection_reports_the_gain_per_shifter_and_its_auc():
+    """``bench.py curve``'s detection: a constant band gain of 6 dB is 6 dB for every shifter, and
+    cannot separate anything (AUC 0.5)."""
+    from types import SimpleNamespace
+
+    from gan.bench.curve import detection
+
+    m = BandGain(TINY_BAND)
+    with torch.no_grad():
+        m.to_gain[-1].bias.fill_(6 * math.log(10) / 20)
+    limit = TINY_BAND.max_gain_db * math.log(10) / 20
+    db = 20 / math.log(10) * limit * math.tanh(6 * math.log(10) / 20 / limit)
+    torch.manual_seed(0)
+    examples = [SimpleNamespace(shifter=name, degraded=torch.randn(800).numpy())
+                for name in ("torchaudio", "wsola", "torchaudio", "none")]
+    out = detection(m, examples)
+    assert out["auc"] == 0.5
+    assert out["mean_gain_db"] == {"torchaudio": round(db, 2), "wsola": round(db, 2), "none": round(db, 2)}
