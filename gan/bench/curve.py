@@ -93,7 +93,7 @@ def _group(scores: dict, metric: str, kind: str, names) -> float:
 
 def plot(result: dict, path: str) -> None:
     """One panel per metric: mean improvement over the phase vocoders (raw and beyond level) and over
-    the round trips that keep the level (WSOLA, Signalsmith, clean input), against training minutes."""
+    the round trips that keep the level (WSOLA, Signalsmith), against training minutes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +107,7 @@ def plot(result: dict, path: str) -> None:
             label = f"{Path(run_dir).name} ({run['params'] / 1e6:.2f} M)"
             for kind, names, style, what in (("model", LEVEL_LOSING, "-o", "phase vocoders"),
                                               ("beyond", LEVEL_LOSING, "--s", "phase vocoders, beyond level"),
-                                              ("model", ("wsola", "signalsmith", "none"), ":^", "level kept")):
+                                              ("model", ("wsola", "signalsmith"), ":^", "level kept")):
                 ax.plot(minutes, [_group(p["scores"], metric, kind, names) for p in pts], style, color=color,
                         label=f"{label}: {what}")
         ax.axhline(0, color="k", lw=0.5)

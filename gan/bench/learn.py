@@ -36,7 +36,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
     """Per (shifter, shift) tag and metric: % change of the mean distance, model vs input (``model``),
-    gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``)."""
+    gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``);
+    for clean input (distance 0) also ``abs``, the mean distance of the output to it."""
     from gan.eval.level import gain_match
 
     sums: dict[tuple, list] = {}
@@ -58,6 +59,8 @@ def score(g: torch.nn.Module, examples: list, suite, baselines: dict) -> dict:
         change = lambda ref, new: round(100 * (ref - new) / ref, 2) if ref > 0 else 0.0  # noqa: E731
         out.setdefault(tag, {})[name] = {"model": change(m[0], m[1]), "level": change(m[0], m[2]),
                                          "beyond": change(m[2], m[3])}
+        if m[0] == 0:  # clean input: no relative change, the distance the model adds instead
+            out[tag][name]["abs"] = round(float(m[1]), 4)
     return out
 
 
