@@ -121,13 +121,16 @@ def run_from_args(config: str, run_dir: str | None, overrides: list[str], resume
         run_dir = path.parent if own_run else Path("runs") / path.stem
     run_dir = Path(run_dir)
     checkpoint = resolve_resume(run_dir, resume)
-    if resume == "auto" and checkpoint is None:
-        log.warning(no_checkpoint_note(run_dir))
+    # said once the start goes ahead (a directory in use refuses it with its own line), of the folder as it was
+    note = no_checkpoint_note(run_dir) if resume == "auto" and checkpoint is None else None
     if checkpoint is not None and (checkpoint / "config.yaml").is_file():
         cfg = resume_config(checkpoint, overrides)
     else:
         cfg = load_config(config, overrides)
-    return Trainer(cfg, run_dir, resume=checkpoint, init_from=Path(init_from) if init_from else None)
+    trainer = Trainer(cfg, run_dir, resume=checkpoint, init_from=Path(init_from) if init_from else None)
+    if note is not None:
+        log.warning(note)
+    return trainer
 
 
 def no_checkpoint_note(run_dir: Path) -> str:
