@@ -2,17 +2,19 @@
 
 A phase-vocoder round trip loses energy by cancellation between frames whose phases no
 longer agree, and how much it loses depends on frequency and time (torchaudio's and
-librosa's keep 20-35 % of it, Rubber Band 30-60 %); a time-domain (WSOLA) or phase-locked
+librosa's keep 20-35 % of it, Rubber Band 30-60 %); a time-domain (WSOLA) or Signalsmith
 round trip keeps its level. One broadband gain cannot tell them apart or follow the
 frequency dependence. This module looks at the STFT of its input with enough spectral
 resolution and context to see which kind of round trip it has (the degradation encoder)
 and predicts one log-gain per band and frame, applied to the STFT and resynthesised:
 
-    x (B, 1, T) -> STFT X (B, K, F)  [K = n_fft / 2 + 1 bins, F = T / hop + 1 frames, Hann, centred]
-      features (B, 5, K, F): log|X|, cos / sin of the phase step between adjacent bins
+    x (B, 1, T) -> STFT X (B, K, F)  [K = n_fft / 2 + 1 bins, F = T // hop + 1 frames, Hann, centred]
+      features (B, 5, K, F): log|X| / 4, cos / sin of the phase step between adjacent bins
         (vertical coherence, the cue of phasiness: Laroche & Dolson 1999), cos / sin of the
-        phase advance between frames minus the bin's own (instantaneous frequency deviation)
-      -> conv2d stack, frequency strided to ~K / 16   -> (B, C, F)       the local embedding
+        phase advance between frames minus the bin's own (instantaneous frequency deviation),
+        the four phase features weighted by a soft presence |X| / (|X| + mean over bins)
+      -> conv2d stack, frequency strided by 16        -> (B, C, ~K / 16, F)
+      -> flatten, conv 1x1                            -> (B, C, F)       the local embedding
       -> mean over +-context frames (``context_seconds``)  -> (B, C, F)  what the round trip was
       -> conv1d on [local, context] -> g (B, N, F)  one log-gain per band (N mel bands), zero at start
       -> bin gains exp(W g) (B, K, F), W (K, N) triangular band weights that sum to 1 per bin
