@@ -227,3 +227,33 @@ def make_loss_nan(trainer, monkeypatch) -> None:
         return total * float("nan"), terms
 
     monkeypatch.setattr(trainer.reconstruction, "forward", nan_loss)
+
+
+def endless_run_command(tiny_data, tmp_path: Path) -> tuple[list[str], Path]:
+    """``(command, run dir)`` of a tiny training that runs until stopped, with two loader workers (which get
+    every signal too): for tests of SIGTERM and Ctrl-C."""
+    import yaml
+
+    d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
+    d["data"]["num_workers"] = 2
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    return [PY, str(root / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)], run
+
+
+def start_endless_run(tiny_data, tmp_path: Path, settle: float = 2.0):
+    """``(process, command, run dir)``: ``endless_run_command`` started in its own process group, returned once
+    it has logged (TensorBoard events) and trained ``settle`` seconds more."""
+    import subprocess
+    import time
+
+    cmd, run = endless_run_command(tiny_data, tmp_path)
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "tb").glob("events*")):
+        time.sleep(0.2)
+    time.sleep(settle)  # some steps
+    return proc, cmd, run

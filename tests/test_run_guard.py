@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.train.lock import RunDirError
-from helpers import PY, make_trainer, tiny_dict, write_config
+from helpers import PY, start_endless_run, make_trainer, write_config
 
 sys.path.insert(0, str(ROOT / "launch"))
 
@@ -95,18 +94,7 @@ def test_a_multi_process_launch_takes_one_lock_and_every_rank_stops(tiny_data, t
 
 @pytest.mark.slow
 def test_ctrl_c_pressed_again_while_stopping_changes_nothing(tiny_data, tmp_path):
-    d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
-    d["data"]["num_workers"] = 2  # the loader's workers get every press too
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(d))
-    run = tmp_path / "run"
-    proc = subprocess.Popen([PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((run / "tb").glob("events*")):
-        time.sleep(0.2)
-    time.sleep(2)  # some steps
+    proc, _, run = start_endless_run(tiny_data, tmp_path)
     presses = 0
     while proc.poll() is None and presses < 200:  # an impatient user: Ctrl-C every 20 ms until it has exited
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: the whole foreground process group

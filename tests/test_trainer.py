@@ -2,20 +2,19 @@
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
 from gan.train.gan_step import ADVERSARIAL, PRETRAIN, NonFiniteError, stage_at
 from gan.train.trainer import Trainer
-from helpers import PY, assert_same_weights, make_loss_nan, make_trainer, tiny_dict, write_config
+from helpers import (PY, assert_same_weights, make_loss_nan, make_trainer, start_endless_run, tiny_dict,
+                     write_config)
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -130,18 +129,7 @@ def test_nonfinite_guard_skips_then_stops(tiny_data, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_resume_auto_continues(tiny_data, tmp_path):
-    d = tiny_dict(*tiny_data, max_steps=100000, pretrain_steps=2, save_every=100000, val_every=100000, log_every=1)
-    d["data"]["num_workers"] = 2  # the loader's workers get the signal too
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(d))
-    run = tmp_path / "run"
-    cmd = [PY, str(ROOT / "launch" / "train.py"), "--config", str(cfg), "--run-dir", str(run)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((run / "tb").glob("events*")):
-        time.sleep(0.5)
-    time.sleep(3)  # some steps
+    proc, cmd, run = start_endless_run(tiny_data, tmp_path, settle=3.0)
     os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler preempts: the whole process group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
