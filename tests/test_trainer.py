@@ -406,3 +406,19 @@ def test_an_empty_validation_split_is_said_at_start(tmp_path, capsys):
         "note: the validation split is empty (data.val_fraction 0.25; a file goes wholly to one split): no val/ "
         "scalars, audio or validation lines in this run; add recordings to data.audio_dir"]
     assert validator(torch.nn.Identity(), 3) == {}
+
+
+def test_compiled_activations_fall_back_without_a_compiler(tiny_data, tmp_path, monkeypatch, caplog):
+    """trainer.compile_activations on a CPU without a C++ compiler: one note, the activations run uncompiled."""
+    from generators.layers import Snake1d
+
+    monkeypatch.setattr("gan.train.trainer.shutil.which", lambda name: None)
+    tr = make_trainer(tiny_data, tmp_path / "run", overrides=["trainer.compile_activations=true"])
+    snakes = [m for m in tr.generator_for_inference().modules() if isinstance(m, Snake1d)]
+    assert snakes and not any(m.fused for m in snakes)
+    assert "no C++ compiler found" in caplog.text
+    tr.close()
+    monkeypatch.undo()
+    tr = make_trainer(tiny_data, tmp_path / "run2", overrides=["trainer.compile_activations=true"])
+    assert all(m.fused for m in tr.generator_for_inference().modules() if isinstance(m, Snake1d))
+    tr.close()

@@ -239,7 +239,8 @@ class TrainerConfig:
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 = autocast over fp32 weights
     compile: bool = False  # torch.compile (inductor) the models
     # torch.compile (inductor) only the generator's Snake activations: the largest share of a CPU step, and
-    # seconds to compile (generators.layers.fuse_activations); needs a C++ compiler on a CPU
+    # seconds to compile (generators.layers.fuse_activations); on a CPU it needs a C++ compiler (without one:
+    # a note, and the activations run uncompiled)
     compile_activations: bool = False
     ema_decay: float = 0.0  # per-step decay of the EMA of G (0 disables it; inference then uses G itself)
     max_nonfinite_skips: int = 10  # consecutive skipped steps of one network before the run stops

@@ -21,6 +21,7 @@ a resumed run continues exactly where it stopped (bit for bit on CPU).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -100,7 +101,7 @@ class Trainer:
         self.cache_dir = self.cache_dir or Path(cfg.data.cache_dir)
 
         g, d = build_generator(cfg.generator), build_discriminator(cfg.discriminators)
-        if t.compile_activations:
+        if t.compile_activations and can_compile(acc.device):
             fuse_activations(g)
         if init_from is not None:
             load_init_weights(g, d, init_from)
@@ -286,6 +287,15 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.cfg.trainer.max_steps, initial=self.step, dynamic_ncols=True)
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether inductor can compile here: on a CPU it needs a C++ compiler; without one, a note and False."""
+    if device.type != "cpu" or any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return True
+    log.warning("note: trainer.compile_activations: no C++ compiler found (inductor needs one on a CPU); "
+                "the activations run uncompiled (install g++ to compile them)")
+    return False
 
 
 class _Window:
