@@ -41,7 +41,7 @@ def run(args) -> dict:
     from gan.eval.evaluation import shifter_examples
     from gan.eval.metrics import MetricSuite
     from gan.inference.loading import load_generator
-    from gan.train.checkpoint import STEP_RE
+    from gan.train.checkpoint import CheckpointError, CheckpointManager
 
     cfg = load_config("cpu")  # the degradation recipe of the round trips (shifter settings) and metric settings
     examples = list(shifter_examples(args.heldout, cfg.data.degrade, args.shifters.split(","), args.shift,
@@ -50,10 +50,14 @@ def run(args) -> dict:
     baselines: dict = {}
     out = {"heldout": args.heldout, "examples": len(examples), "runs": {}}
     for run_dir in args.runs:
-        steps = sorted(p for p in (Path(run_dir) / "checkpoints").iterdir() if STEP_RE.match(p.name))
+        files = CheckpointManager(run_dir)
+        steps = files.steps() if files.dir.is_dir() else []
+        if not steps:
+            raise CheckpointError(f"--runs {run_dir}: no checkpoints/step_* folder; pass run directories of "
+                                  "trained runs")
         points = []
-        for step_dir in steps:
-            loaded = load_generator(step_dir)
+        for step in steps:
+            loaded = load_generator(files.final_dir(step))
             with torch.inference_mode():
                 scores = score(loaded.model, examples, suite, baselines)
             point = {"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores}
