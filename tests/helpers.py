@@ -257,3 +257,14 @@ def start_endless_run(tiny_data, tmp_path: Path, settle: float = 2.0):
         time.sleep(0.2)
     time.sleep(settle)  # some steps
     return proc, cmd, run
+
+
+def assert_chunked_equals_whole(enh, model) -> None:
+    """Chunked enhancement by ``enh`` (1600-sample windows) equals ``model`` on the whole 7-window signal,
+    and without context it leaves seams (so the tolerance is not trivially met)."""
+    x = (torch.randn(1, 6 * 1600 + 77) * 0.3).clamp(-0.9, 0.9)  # 7 windows, inside the training range
+    with torch.inference_mode():
+        whole = model(x[:, None])[:, 0]
+    assert rel_db(enh.enhance(x), whole) < -60
+    enh.context = 0  # no context leaves seams
+    assert rel_db(enh.enhance(x), whole) > -60
