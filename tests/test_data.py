@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gan.data.cache import FORMAT, CacheError, array_name
-from gan.data.loader import TrainStream, load_val_set, make_train_loader
+from gan.data.loader import EQ_FILTERS, TrainStream, equalise, load_val_set, make_train_loader
 from gan.config import DataConfig
 
 SHIFTS = [-12, 12]
@@ -214,6 +214,35 @@ def test_augmentation_scales_pairs_by_one_gain_and_silences_a_share(cache):
         torch.testing.assert_close(aug["degraded"][j], plain["degraded"][j] * gain, rtol=1e-5, atol=1e-7)
     assert torch.equal(aug["clean"], TrainStream(cache, cfg_for(cache, gain_db=[-20.0, -6.0],
                                                                  silence_fraction=0.25)).batch(3)["clean"])
+
+
+def test_equalisation_filters_both_sides_of_a_pair_alike():
+    """An impulse and half of it go through the same filters: the pair keeps its ratio exactly (one linear
+    filter), the response is the product of EQ_FILTERS peaking filters bounded by +-eq_db each, the draws
+    come from the batch's generator, and eq_db 0 draws nothing."""
+    n, t = 16, 4096
+    clean = np.zeros((n, t), np.float32)
+    clean[:, 0] = 1.0
+    crops = {"clean": clean.copy(), "degraded": 0.5 * clean}
+    equalise(crops, np.random.default_rng(7), 6.0, 48000)
+    np.testing.assert_allclose(crops["degraded"], 0.5 * crops["clean"], rtol=1e-5, atol=1e-7)
+    response_db = 20 * np.log10(np.abs(np.fft.rfft(crops["clean"], axis=1)))  # (n, t / 2 + 1)
+    assert response_db.max() <= EQ_FILTERS * 6.0 + 1e-3 and response_db.min() >= -EQ_FILTERS * 6.0 - 1e-3
+    assert (np.abs(response_db).max(axis=1) > 1.0).all()  # every crop equalised
+    assert np.abs(response_db[:, 0]).max() < 0.1  # peaking filters leave 0 Hz alone
+    again = {"clean": clean.copy(), "degraded": 0.5 * clean}
+    equalise(again, np.random.default_rng(7), 6.0, 48000)
+    assert np.array_equal(again["clean"], crops["clean"])
+
+
+def test_eq_db_keeps_training_pairs_pairs_and_batches_pure(cache):
+    plain = TrainStream(cache, cfg_for(cache)).batch(4)
+    eq = TrainStream(cache, cfg_for(cache, eq_db=12.0)).batch(4)
+    assert torch.equal(eq["shift"], plain["shift"])
+    assert torch.equal(eq["clean"], TrainStream(cache, cfg_for(cache, eq_db=12.0)).batch(4)["clean"])
+    # the cache's degraded audio is clean + a constant: after one linear filter, still clean + a filtered constant
+    diff = (eq["degraded"] - eq["clean"]) - (plain["degraded"] - plain["clean"])
+    assert diff.abs().max() < 0.05
 
 
 def test_quiet_fraction_keeps_a_share_of_quiet_crops(cache):

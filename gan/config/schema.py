@@ -66,6 +66,9 @@ class DataConfig:
     silence_fraction: float = 0.0  # share of training crops replaced by digital silence (clean = degraded = 0)
     identity_fraction: float = 0.0  # share of training crops whose input is the clean audio itself (leave it alone)
     gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [lo, hi]: per-crop level, uniform in dB
+    # random equalisation (dB): each training pair goes through the same peaking filters, gains uniform in
+    # +-eq_db, so a model cannot tell round trips apart by the spectra of the few recordings it trains on
+    eq_db: float = 0.0
     # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
     # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
     bandlimit_fraction: float = 0.0
@@ -86,6 +89,8 @@ class DataConfig:
         for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}: must be in [0, 1]")
+        if not 0.0 <= self.eq_db <= 24.0:
+            raise ConfigError(f"data.eq_db: {self.eq_db} must be in [0, 24] dB (0: no equalisation)")
         if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1] or self.gain_db[1] > 0:
             raise ConfigError(f"data.gain_db: {self.gain_db} must be [lo, hi] with lo <= hi <= 0 dB "
                               "(stored pieces peak at -0.1 dBFS)")

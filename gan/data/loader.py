@@ -14,7 +14,8 @@ times), except a share ``data.quiet_fraction`` of them, kept so quiet passages a
 Each crop pairs the clean audio with one random cached variant (round trip) of its item.
 Training batches are then augmented (validation crops are not): a share
 ``data.identity_fraction`` of crops gets the clean audio as its input (clean input is left
-alone), each crop's pair is scaled by one gain drawn uniformly in ``data.gain_db`` (level
+alone), each crop's pair goes through the same random peaking filters (``data.eq_db``, see
+``equalise``), is scaled by one gain drawn uniformly in ``data.gain_db`` (level
 robustness), and a share ``data.silence_fraction`` of crops becomes digital silence on both
 sides (silence stays silent).
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 
 from gan.config import DataConfig
 from gan.data.cache import SCALE, CacheError, CacheSplit, open_cache
@@ -145,11 +147,13 @@ class TrainStream:
 
 def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig) -> None:
     """In place on clean, degraded ``(B, T)`` and shift ``(B,)``: a share of crops gets the clean audio as input
-    (shift 0), then one gain per crop from ``data.gain_db``, then silence for a share."""
+    (shift 0), then equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share."""
     if cfg.identity_fraction:
         same = rng.random(len(crops["clean"])) < cfg.identity_fraction
         crops["degraded"][same] = crops["clean"][same]
         crops["shift"][same] = 0
+    if cfg.eq_db:
+        equalise(crops, rng, cfg.eq_db, cfg.sample_rate)
     lo, hi = cfg.gain_db
     if lo != hi or lo != 0.0:
         gain = (10.0 ** (rng.uniform(lo, hi, len(crops["clean"])) / 20)).astype(np.float32)[:, None]  # (B, 1)
@@ -159,6 +163,31 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
         silent = rng.random(len(crops["clean"])) < cfg.silence_fraction
         crops["clean"][silent] = 0.0
         crops["degraded"][silent] = 0.0
+
+
+EQ_FILTERS = 3  # peaking filters per crop
+EQ_HEADROOM = 1 / 64  # torchaudio's biquads clamp to [-1, 1]: filter 36 dB down, where no boost reaches it
+
+
+def equalise(crops: dict[str, np.ndarray], rng: np.random.Generator, eq_db: float, sample_rate: int) -> None:
+    """In place on clean, degraded ``(B, T)``: each crop's clean and degraded audio through the same
+    ``EQ_FILTERS`` peaking filters (RBJ cookbook, torchaudio's ``equalizer_biquad``): centres
+    log-uniform in 50 Hz .. 16 kHz, gains uniform in +-``eq_db`` dB, Q log-uniform in 0.5 .. 2.
+
+    The target changes with the input, so the pair still says what to restore; what changes is
+    the spectrum the model sees, which it could otherwise learn to recognise recording by recording.
+    """
+    n = len(crops["clean"])
+    centre = np.exp(rng.uniform(np.log(50.0), np.log(16000.0), (n, EQ_FILTERS)))
+    gain = rng.uniform(-eq_db, eq_db, (n, EQ_FILTERS))
+    q = np.exp(rng.uniform(np.log(0.5), np.log(2.0), (n, EQ_FILTERS)))
+    for j in range(n):
+        pair = torch.from_numpy(np.stack([crops["clean"][j], crops["degraded"][j]])) * EQ_HEADROOM  # (2, T)
+        for f in range(EQ_FILTERS):
+            pair = torchaudio.functional.equalizer_biquad(pair, sample_rate, float(centre[j, f]), float(gain[j, f]),
+                                                          float(q[j, f]))
+        pair = (pair / EQ_HEADROOM).numpy()
+        crops["clean"][j], crops["degraded"][j] = pair[0], pair[1]
 
 
 class TrainLoader:
