@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gan.data.cache import FORMAT, CacheError, array_name
-from gan.data.loader import EQ_FILTERS, TrainStream, equalise, load_val_set, make_train_loader
+from gan.data.loader import EQ_FILTERS, REMIX_DB, TrainStream, equalise, load_val_set, make_train_loader, remix
 from gan.config import DataConfig
 
 SHIFTS = [-12, 12]
@@ -233,6 +233,29 @@ def test_equalisation_filters_both_sides_of_a_pair_alike():
     again = {"clean": clean.copy(), "degraded": 0.5 * clean}
     equalise(again, np.random.default_rng(7), 6.0, 48000)
     assert np.array_equal(again["clean"], crops["clean"])
+
+
+def test_remix_adds_a_crop_of_the_same_shifter_on_both_sides():
+    """Crop j is the constant j + 1 (clean) and 2 (j + 1) (degraded): a remixed crop is itself plus a partner of
+    its own family at a level in REMIX_DB, on both sides (the pair stays a pair); a crop alone in its family
+    stays as it is; fraction 0 changes nothing."""
+    family = np.array(["torchaudio", "wsola", "torchaudio", "clean input", "torchaudio", "wsola"], dtype=object)
+    clean = np.repeat(np.arange(1, 7, dtype=np.float32)[:, None], 8, axis=1)
+    crops = {"clean": clean.copy(), "degraded": 2 * clean}
+    remix(crops, np.random.default_rng(3), 1.0, family)
+    np.testing.assert_allclose(crops["degraded"], 2 * crops["clean"], rtol=1e-6)
+    lo, hi = 10 ** (np.array(REMIX_DB) / 20)
+    for j, name in enumerate(family):
+        added = crops["clean"][j, 0] - clean[j, 0]
+        if name == "clean input":
+            assert added == 0.0
+            continue
+        partners = [k for k in range(6) if family[k] == name and k != j]
+        assert any(lo * (k + 1) - 1e-5 <= added <= hi * (k + 1) + 1e-5 for k in partners)
+        assert (crops["clean"][j] == crops["clean"][j, 0]).all()
+    untouched = {"clean": clean.copy(), "degraded": 2 * clean}
+    remix(untouched, np.random.default_rng(3), 0.0, family)
+    assert np.array_equal(untouched["clean"], clean)
 
 
 def test_eq_db_keeps_training_pairs_pairs_and_batches_pure(cache):

@@ -69,6 +69,8 @@ class DataConfig:
     # random equalisation (dB): each training pair goes through the same peaking filters, gains uniform in
     # +-eq_db, so a model cannot tell round trips apart by the spectra of the few recordings it trains on
     eq_db: float = 0.0
+    # share of training crops with a second crop of the batch, degraded by the same shifter, added on both sides
+    remix_fraction: float = 0.0
     # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
     # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
     bandlimit_fraction: float = 0.0
@@ -86,7 +88,7 @@ class DataConfig:
             raise ConfigError("data.segment_length and data.batch_size: must be positive")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers: must be >= 0")
-        for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction"):
+        for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction", "remix_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}: must be in [0, 1]")
         if not 0.0 <= self.eq_db <= 24.0:

@@ -76,6 +76,15 @@ class CacheSplit:
     shifts: np.ndarray  # (items, variants) int64: the shift of each item's variants
     items: list[dict]
 
+    @property
+    def shifters(self) -> np.ndarray:
+        """``(items, variants)`` str: the shifter of each item's variants ("" where the manifest does not say)."""
+        if not hasattr(self, "_shifters"):
+            self._shifters = np.array([[it.get("shifters", {}).get(str(s), "") for s in row]
+                                       for it, row in zip(self.items, self.shifts)], dtype=object)
+            self._shifters = self._shifters.reshape(len(self.items), self.shifts.shape[1])
+        return self._shifters
+
     def __len__(self) -> int:
         return len(self.items)
 

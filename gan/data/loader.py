@@ -14,7 +14,8 @@ times), except a share ``data.quiet_fraction`` of them, kept so quiet passages a
 Each crop pairs the clean audio with one random cached variant (round trip) of its item.
 Training batches are then augmented (validation crops are not): a share
 ``data.identity_fraction`` of crops gets the clean audio as its input (clean input is left
-alone), each crop's pair goes through the same random peaking filters (``data.eq_db``, see
+alone), a share is remixed with another crop degraded the same way (``data.remix_fraction``,
+see ``remix``), each crop's pair goes through the same random peaking filters (``data.eq_db``, see
 ``equalise``), is scaled by one gain drawn uniformly in ``data.gain_db`` (level
 robustness), and a share ``data.silence_fraction`` of crops becomes digital silence on both
 sides (silence stays silent).
@@ -53,7 +54,7 @@ class CropSampler:
 
     def draw(self, rng: np.random.Generator, n: int, items: np.ndarray | None = None,
              variant: np.ndarray | None = None, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """``n`` crops -> clean, degraded ``(n, length)`` float32, shift ``(n,)`` int64, item, start.
+        """``n`` crops -> clean, degraded ``(n, length)`` float32, shift ``(n,)`` int64, item, variant, start.
 
         ``variant``: the cached round trip of each crop (default: drawn). ``out`` (optional):
         preallocated clean, degraded and shift arrays to fill.
@@ -80,7 +81,7 @@ class CropSampler:
         for j in range(n):
             self._copy(degraded[j], self.split.degraded[variant[j]], items[j], starts[j])
         out["shift"][:] = self.split.shifts[items, variant]
-        return {**out, "item": items, "start": starts}
+        return {**out, "item": items, "variant": variant, "start": starts}
 
     def _items(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` item indices, drawn with probability proportional to item length."""
@@ -137,21 +138,28 @@ class TrainStream:
         views = {"clean": out["clean"].numpy()[:, 0], "degraded": out["degraded"].numpy()[:, 0],
                  "shift": out["shift"].numpy()}  # (B, 1, T) -> (B, T) views
         rng = np.random.default_rng([cfg.seed, self.rank, index])
-        self.sampler.draw(rng, cfg.batch_size, out=views)
-        augment(views, rng, cfg)
+        drawn = self.sampler.draw(rng, cfg.batch_size, out=views)
+        augment(views, rng, cfg, self.sampler.split.shifters[drawn["item"], drawn["variant"]])
         return out
 
     def __getstate__(self):
         return {**self.__dict__, "_sampler": None}
 
 
-def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig) -> None:
+def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig,
+            shifters: np.ndarray | None = None) -> None:
     """In place on clean, degraded ``(B, T)`` and shift ``(B,)``: a share of crops gets the clean audio as input
-    (shift 0), then equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share."""
+    (shift 0), a share is remixed (``data.remix_fraction``; ``shifters`` ``(B,)``: each crop's shifter), then
+    equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share."""
+    n = len(crops["clean"])
+    family = np.full(n, "", dtype=object) if shifters is None else np.asarray(shifters, dtype=object).copy()
     if cfg.identity_fraction:
-        same = rng.random(len(crops["clean"])) < cfg.identity_fraction
+        same = rng.random(n) < cfg.identity_fraction
         crops["degraded"][same] = crops["clean"][same]
         crops["shift"][same] = 0
+        family[same] = "clean input"
+    if cfg.remix_fraction:
+        remix(crops, rng, cfg.remix_fraction, family)
     if cfg.eq_db:
         equalise(crops, rng, cfg.eq_db, cfg.sample_rate)
     lo, hi = cfg.gain_db
@@ -163,6 +171,28 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
         silent = rng.random(len(crops["clean"])) < cfg.silence_fraction
         crops["clean"][silent] = 0.0
         crops["degraded"][silent] = 0.0
+
+
+REMIX_DB = (-12.0, 0.0)  # level of the added crop relative to its own, uniform in dB
+
+
+def remix(crops: dict[str, np.ndarray], rng: np.random.Generator, fraction: float, family: np.ndarray) -> None:
+    """In place on clean, degraded ``(B, T)``: a share ``fraction`` of crops gets another crop of the batch whose
+    input went through the same shifter (``family`` ``(B,)``; clean input counts as one) added on both sides,
+    at a level uniform in ``REMIX_DB``. The sum of two round trips of one shifter is a new recording degraded
+    the same way (remixing, as source-separation training does), so a few recordings give many, and a
+    model cannot tell round trips apart by recognising the recordings. A crop without a partner is kept."""
+    n = len(crops["clean"])
+    chosen = rng.random(n) < fraction
+    picks = rng.random(n)
+    level = (10.0 ** (rng.uniform(*REMIX_DB, n) / 20)).astype(np.float32)
+    clean, degraded = crops["clean"].copy(), crops["degraded"].copy()  # partners as drawn, not as remixed
+    for j in np.flatnonzero(chosen):
+        partners = np.flatnonzero((family == family[j]) & (np.arange(n) != j))
+        if partners.size:
+            k = partners[int(picks[j] * partners.size)]
+            crops["clean"][j] += level[j] * clean[k]
+            crops["degraded"][j] += level[j] * degraded[k]
 
 
 EQ_FILTERS = 3  # peaking filters per crop
