@@ -73,7 +73,7 @@ def test_defaults_and_round_trip(fake_registry, tmp_path):
     ("trainer.pretrain_steps=-1", "trainer.pretrain_steps: -1 must be >= 0"),
     ("data.segment_length=1001", "data.segment_length: 1001 must be a multiple of the generator's total stride"),
     ("trainer.max_steps", "expected key=value"),
-    ("data.eq_db=30", "data.eq_db: 30.0 must be in [0, 24] dB"),
+    ("data.eq_db=30", "data.eq_db: 30.0 must be in [0, 12] dB"),
 ])
 def test_errors_name_the_dotted_key(fake_registry, override, message):
     with pytest.raises(ConfigError) as e:

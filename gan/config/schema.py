@@ -91,8 +91,8 @@ class DataConfig:
         for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction", "remix_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}: must be in [0, 1]")
-        if not 0.0 <= self.eq_db <= 24.0:
-            raise ConfigError(f"data.eq_db: {self.eq_db} must be in [0, 24] dB (0: no equalisation)")
+        if not 0.0 <= self.eq_db <= 12.0:
+            raise ConfigError(f"data.eq_db: {self.eq_db} must be in [0, 12] dB (0: no equalisation)")
         if len(self.gain_db) != 2 or self.gain_db[0] > self.gain_db[1] or self.gain_db[1] > 0:
             raise ConfigError(f"data.gain_db: {self.gain_db} must be [lo, hi] with lo <= hi <= 0 dB "
                               "(stored pieces peak at -0.1 dBFS)")
