@@ -218,8 +218,8 @@ def test_augmentation_scales_pairs_by_one_gain_and_silences_a_share(cache):
 
 def test_equalisation_filters_both_sides_of_a_pair_alike():
     """An impulse and half of it go through the same filters: the pair keeps its ratio exactly (one linear
-    filter), the response is the product of EQ_FILTERS peaking filters bounded by +-eq_db each, the draws
-    come from the batch's generator, and eq_db 0 draws nothing."""
+    filter), the response is the product of EQ_FILTERS peaking filters bounded by +-eq_db each, 0 Hz is left
+    alone, and the same generator state draws the same filters."""
     n, t = 16, 4096
     clean = np.zeros((n, t), np.float32)
     clean[:, 0] = 1.0

@@ -11,37 +11,41 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from gan.config import load_config
-from gan.eval.evaluation import shifter_examples
-from gan.inference.loading import load_generator
-from gan.data.cache import open_cache
+from gan.bench.curve import mean_gain_db  # noqa: E402
+from gan.config import load_config  # noqa: E402
+from gan.data.cache import SCALE, open_cache  # noqa: E402
+from gan.eval.evaluation import shifter_examples  # noqa: E402
+from gan.inference.loading import load_generator  # noqa: E402
+
+CROP = 16384  # samples: the CPU recipe's training crop
+
 torch.set_num_threads(1)
-g = load_generator(sys.argv[1]).model.eval(); bg = g.band_gain
-L = 16384
-def db(x):
-    with torch.inference_mode():
-        return 20/np.log(10)*float(bg.log_gains(bg.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None,None])).mean())
-def report(name, d):
-    print(name, {k: f"{np.mean(v):+.2f} (n={len(v)})" for k, v in sorted(d.items())}, flush=True)
+band_gain = load_generator(sys.argv[1]).model.eval().band_gain
+
+
+def report(name: str, gains: dict) -> None:
+    print(name, {k: f"{np.mean(v):+.2f} (n={len(v)})" for k, v in sorted(gains.items())}, flush=True)
+
+
+def add_crops(gains: dict, name: str, x: np.ndarray, every: int) -> None:
+    for start in range(0, len(x) - CROP + 1, every):
+        gains.setdefault(name, []).append(mean_gain_db(band_gain, x[start:start + CROP]))
+
+
 cache = open_cache("cache/cpu")
-for split in ("train", "val"):
-    s = cache.split(split); d = {}; dc = {}
-    for i, it in enumerate(s.items):
-        o, n = s.offsets[i], s.lengths[i]
-        for k, sh in enumerate(s.shifts[i]):
-            name = it["shifters"][str(sh)]
-            x = s.degraded[k][o:o+n] / 32767.0
-            for st in range(0, n - L + 1, L * 3):
-                d.setdefault(name, []).append(db(x[st:st+L]))
-        c = s.clean[o:o+n] / 32767.0
-        for st in range(0, n - L + 1, L * 3):
-            d.setdefault("clean", []).append(db(c[st:st+L]))
-    report(f"{split} crops {L}", d)
-cfg = load_config("cpu")
-ex = list(shifter_examples("data/heldout", cfg.data.degrade, ["torchaudio", "signalsmith", "wsola"], [12, -3, 0], 4.0))
-d, dc = {}, {}
-for e in ex:
-    d.setdefault(e.shifter, []).append(db(e.degraded))
-    for st in range(0, len(e.degraded) - L + 1, L):
-        dc.setdefault(e.shifter, []).append(db(e.degraded[st:st+L]))
-report("heldout whole 4s", d); report(f"heldout crops {L}", dc)
+for split_name in ("train", "val"):
+    split, gains = cache.split(split_name), {}
+    for i in range(len(split)):
+        o, n = split.offsets[i], split.lengths[i]
+        for k in range(cache.variants):
+            add_crops(gains, split.shifters[i, k], split.degraded[k][o:o + n] / SCALE, 3 * CROP)
+        add_crops(gains, "clean", split.clean[o:o + n] / SCALE, 3 * CROP)
+    report(f"{split_name} crops {CROP}", gains)
+examples = shifter_examples("data/heldout", load_config("cpu").data.degrade, ["torchaudio", "signalsmith", "wsola"],
+                            [12, -3, 0], 4.0)
+whole, crops = {}, {}
+for ex in examples:
+    whole.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded))
+    add_crops(crops, ex.shifter, ex.degraded, CROP)
+report("heldout whole 4s", whole)
+report(f"heldout crops {CROP}", crops)

@@ -74,19 +74,24 @@ def run(args) -> dict:
 def detection(band_gain, examples: list) -> dict:
     """Mean applied band gain (dB, over bands and frames) per shifter, and the AUC (Mann-Whitney) of that
     gain separating level-losing round trips (``LEVEL_LOSING``) from the rest (1 = always higher)."""
-    import torch
     from scipy.stats import mannwhitneyu
 
     gains: dict[str, list[float]] = {}
-    with torch.inference_mode():
-        for ex in examples:
-            spec = band_gain.stft(torch.from_numpy(ex.degraded)[None, None])
-            db = 20 / np.log(10) * float(band_gain.log_gains(spec).mean())
-            gains.setdefault(ex.shifter, []).append(db)
+    for ex in examples:
+        gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded))
     losing = [g for name, v in gains.items() if name in LEVEL_LOSING for g in v]
     kept = [g for name, v in gains.items() if name not in LEVEL_LOSING for g in v]
     auc = float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
     return {"auc": auc, "mean_gain_db": {name: round(float(np.mean(v)), 2) for name, v in gains.items()}}
+
+
+def mean_gain_db(band_gain, x: np.ndarray) -> float:
+    """The band gain (dB, mean over bands and frames) ``band_gain`` applies to the signal ``x`` ``(T,)`` float32."""
+    import torch
+
+    with torch.inference_mode():
+        spec = band_gain.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None])
+        return 20 / np.log(10) * float(band_gain.log_gains(spec).mean())
 
 
 def _group(scores: dict, metric: str, kind: str, names) -> float:

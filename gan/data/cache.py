@@ -74,16 +74,8 @@ class CacheSplit:
     offsets: np.ndarray  # (items,) int64 start of each item in the arrays
     lengths: np.ndarray  # (items,) int64
     shifts: np.ndarray  # (items, variants) int64: the shift of each item's variants
+    shifters: np.ndarray  # (items, variants) str: the shifter of each item's variants ("" where the manifest does not say)
     items: list[dict]
-
-    @property
-    def shifters(self) -> np.ndarray:
-        """``(items, variants)`` str: the shifter of each item's variants ("" where the manifest does not say)."""
-        if not hasattr(self, "_shifters"):
-            self._shifters = np.array([[it.get("shifters", {}).get(str(s), "") for s in row]
-                                       for it, row in zip(self.items, self.shifts)], dtype=object)
-            self._shifters = self._shifters.reshape(len(self.items), self.shifts.shape[1])
-        return self._shifters
 
     def __len__(self) -> int:
         return len(self.items)
@@ -113,12 +105,14 @@ class Cache:
             meta = self.manifest["splits"][name]
             n = meta["samples"]
             items = meta["items"]
+            shifts = np.array([it["shifts"] for it in items], dtype=np.int64).reshape(len(items), self.variants)
+            shifters = np.array([[it.get("shifters", {}).get(str(s), "") for s in row] for it, row in zip(items, shifts)],
+                                dtype=object).reshape(shifts.shape)
             self._splits[name] = CacheSplit(
                 name, self._array(name, None, n), [self._array(name, k, n) for k in range(self.variants)],
                 np.array([it["offset"] for it in items], dtype=np.int64),
                 np.array([it["length"] for it in items], dtype=np.int64),
-                np.array([it["shifts"] for it in items], dtype=np.int64).reshape(len(items), self.variants),
-                items)
+                shifts, shifters, items)
         return self._splits[name]
 
     def _array(self, split: str, variant: int | None, n: int) -> np.ndarray:

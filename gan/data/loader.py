@@ -164,11 +164,11 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
         equalise(crops, rng, cfg.eq_db, cfg.sample_rate)
     lo, hi = cfg.gain_db
     if lo != hi or lo != 0.0:
-        gain = (10.0 ** (rng.uniform(lo, hi, len(crops["clean"])) / 20)).astype(np.float32)[:, None]  # (B, 1)
+        gain = (10.0 ** (rng.uniform(lo, hi, n) / 20)).astype(np.float32)[:, None]  # (B, 1)
         crops["clean"] *= gain
         crops["degraded"] *= gain
     if cfg.silence_fraction:
-        silent = rng.random(len(crops["clean"])) < cfg.silence_fraction
+        silent = rng.random(n) < cfg.silence_fraction
         crops["clean"][silent] = 0.0
         crops["degraded"][silent] = 0.0
 
