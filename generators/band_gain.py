@@ -9,7 +9,8 @@ resolution and context to see which kind of round trip it has (the degradation e
 and predicts one log-gain per band and frame, applied to the STFT and resynthesised:
 
     x (B, 1, T) -> STFT X (B, K, F)  [K = n_fft / 2 + 1 bins, F = T // hop + 1 frames, Hann, centred]
-      features (B, 5, K, F): log|X| / 4, cos / sin of the phase step between adjacent bins
+      features (B, 5, K, F): log|X| / 4 (left out with ``magnitude: false``: (B, 4, K, F)),
+        cos / sin of the phase step between adjacent bins
         (vertical coherence, the cue of phasiness: Laroche & Dolson 1999), cos / sin of the
         phase advance between frames minus the bin's own (instantaneous frequency deviation),
         the four phase features weighted by a soft presence |X| / (|X| + mean over bins)
@@ -55,6 +56,7 @@ class BandGainConfig:
     channels: int = 32  # width of the encoder
     context_seconds: float = 1.0  # the encoder's pooled context, each side (seconds)
     max_gain_db: float = 24.0  # gains are bounded to +- this (dB)
+    magnitude: bool = True  # the encoder sees log|X|; false: only the presence-weighted phase steps
 
     def __post_init__(self):
         if self.n_fft < 64 or self.n_fft & (self.n_fft - 1):
@@ -102,7 +104,7 @@ class BandGain(nn.Module):
         super().__init__()
         self.cfg = cfg
         c = cfg.channels
-        layers, c_in = [], 5
+        layers, c_in = [], 5 if cfg.magnitude else 4
         for s in self.FREQ_STRIDES:
             layers += [weight_normed(nn.Conv2d(c_in, c, kernel_size=(2 * s + 1, 3), stride=(s, 1), padding=(s, 1))),
                        nn.GELU()]
@@ -130,7 +132,10 @@ class BandGain(nn.Module):
                           center=True, return_complex=True)
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """``(B, K, F)`` complex -> ``(B, 5, K, F)``: log magnitude, vertical and horizontal phase steps."""
+        """``(B, K, F)`` complex -> ``(B, 5, K, F)``: log magnitude, vertical and horizontal phase steps;
+        ``(B, 4, K, F)`` without the log magnitude (``magnitude: false``), which then depend on the
+        spectrum only through the presence weight ``|X| / (|X| + mean over bins)``: a gain on the
+        input does not change them, an equaliser does only where it moves a bin across the mean."""
         mag = spec.abs()
         phase = spec.angle()
         d_bin = F.pad(phase[:, 1:] - phase[:, :-1], (0, 0, 0, 1))  # (B, K, F): bin k+1 - bin k
@@ -138,8 +143,10 @@ class BandGain(nn.Module):
         d_frame = _wrap(d_frame - self.bin_advance[:, None])  # deviation from the bin's own frequency
         # phase steps mean nothing where there is no energy: weight them by a soft presence (per frame)
         present = mag / (mag + mag.mean(dim=1, keepdim=True) + 1e-8)
-        return torch.stack([torch.log(mag + 1e-5) / 4, present * torch.cos(d_bin), present * torch.sin(d_bin),
-                            present * torch.cos(d_frame), present * torch.sin(d_frame)], dim=1)
+        phase_steps = [present * torch.cos(d_bin), present * torch.sin(d_bin),
+                       present * torch.cos(d_frame), present * torch.sin(d_frame)]
+        log_mag = [torch.log(mag + 1e-5) / 4] if self.cfg.magnitude else []
+        return torch.stack(log_mag + phase_steps, dim=1)
 
     def log_gains(self, spec: torch.Tensor) -> torch.Tensor:
         """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log)."""

@@ -54,6 +54,24 @@ def test_a_constant_band_gain_is_that_gain_bounded(db):
     assert expected < 10 ** (TINY_BAND.max_gain_db / 20)
 
 
+def test_without_magnitude_the_features_ignore_a_gain_on_the_input():
+    """``magnitude: false`` drops log|X| (5 -> 4 feature planes); what is left sees the spectrum only
+    through the presence weight, so a 20 dB gain on the input leaves the features unchanged, while
+    with the magnitude plane the first plane moves by log(10) / 4."""
+    import dataclasses
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 2000)
+    full, phase_only = BandGain(TINY_BAND), BandGain(dataclasses.replace(TINY_BAND, magnitude=False))
+    assert phase_only.encoder[0].in_channels == 4 and full.encoder[0].in_channels == 5
+    f_quiet, f_loud = (phase_only.features(phase_only.stft(x * g)) for g in (1.0, 10.0))
+    assert f_quiet.shape == (1, 4, TINY_BAND.n_fft // 2 + 1, 2000 // TINY_BAND.hop + 1)
+    torch.testing.assert_close(f_loud, f_quiet, rtol=0, atol=1e-4)
+    g_quiet, g_loud = (full.features(full.stft(x * g)) for g in (1.0, 10.0))
+    torch.testing.assert_close(g_loud[:, 1:], g_quiet[:, 1:], rtol=0, atol=1e-4)
+    assert (g_loud[:, 0] - g_quiet[:, 0]).median() == pytest.approx(math.log(10) / 4, abs=1e-3)
+    assert phase_only(x).shape == x.shape
+
+
 def test_silence_stays_silent():
     torch.manual_seed(0)
     m = BandGain(TINY_BAND)
