@@ -133,9 +133,10 @@ class BandGain(nn.Module):
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
         """``(B, K, F)`` complex -> ``(B, 5, K, F)``: log magnitude, vertical and horizontal phase steps;
-        ``(B, 4, K, F)`` without the log magnitude (``magnitude: false``), which then depend on the
-        spectrum only through the presence weight ``|X| / (|X| + mean over bins)``: a gain on the
-        input does not change them, an equaliser does only where it moves a bin across the mean."""
+        ``(B, 4, K, F)`` without the log magnitude (``magnitude: false``): the phase planes alone, which
+        see the magnitude spectrum only through the presence weight ``|X| / (|X| + mean over bins)``,
+        so a broadband gain leaves them unchanged; an equaliser changes them through that weight and
+        its phase response."""
         mag = spec.abs()
         phase = spec.angle()
         d_bin = F.pad(phase[:, 1:] - phase[:, :-1], (0, 0, 0, 1))  # (B, K, F): bin k+1 - bin k

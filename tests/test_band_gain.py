@@ -55,21 +55,28 @@ def test_a_constant_band_gain_is_that_gain_bounded(db):
 
 
 def test_without_magnitude_the_features_ignore_a_gain_on_the_input():
-    """``magnitude: false`` drops log|X| (5 -> 4 feature planes); what is left sees the spectrum only
-    through the presence weight, so a 20 dB gain on the input leaves the features unchanged, while
-    with the magnitude plane the first plane moves by log(10) / 4."""
+    """``magnitude: false`` drops log|X| (5 -> 4 feature planes) and keeps the phase planes as they
+    are; those see the spectrum only through the presence weight, so a 20 dB gain on the input leaves
+    them unchanged, while the magnitude plane moves by log(10) / 4. A trained module without it
+    then gives a louder input the same band gains: its output scales with its input."""
     import dataclasses
     torch.manual_seed(0)
     x = torch.randn(1, 1, 2000)
     full, phase_only = BandGain(TINY_BAND), BandGain(dataclasses.replace(TINY_BAND, magnitude=False))
     assert phase_only.encoder[0].in_channels == 4 and full.encoder[0].in_channels == 5
-    f_quiet, f_loud = (phase_only.features(phase_only.stft(x * g)) for g in (1.0, 10.0))
-    assert f_quiet.shape == (1, 4, TINY_BAND.n_fft // 2 + 1, 2000 // TINY_BAND.hop + 1)
-    torch.testing.assert_close(f_loud, f_quiet, rtol=0, atol=1e-4)
-    g_quiet, g_loud = (full.features(full.stft(x * g)) for g in (1.0, 10.0))
-    torch.testing.assert_close(g_loud[:, 1:], g_quiet[:, 1:], rtol=0, atol=1e-4)
-    assert (g_loud[:, 0] - g_quiet[:, 0]).median() == pytest.approx(math.log(10) / 4, abs=1e-3)
-    assert phase_only(x).shape == x.shape
+    spec = full.stft(x)
+    assert phase_only.features(spec).shape == (1, 4, TINY_BAND.n_fft // 2 + 1, 2000 // TINY_BAND.hop + 1)
+    torch.testing.assert_close(phase_only.features(spec), full.features(spec)[:, 1:], rtol=0, atol=0)
+    f_quiet, f_loud = (full.features(full.stft(x * g)) for g in (1.0, 10.0))
+    torch.testing.assert_close(f_loud[:, 1:], f_quiet[:, 1:], rtol=0, atol=1e-4)
+    assert (f_loud[:, 0] - f_quiet[:, 0]).median() == pytest.approx(math.log(10) / 4, abs=1e-3)
+    with torch.no_grad():  # a module that is no longer the identity: random last conv
+        for m in (full, phase_only):
+            m.to_gain[-1].parametrizations.weight.original0.fill_(1.0)
+    y = phase_only(x)
+    assert not torch.allclose(y, x, atol=1e-3)
+    torch.testing.assert_close(phase_only(10 * x), 10 * y, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(full(10 * x), 10 * full(x), rtol=1e-3, atol=1e-3)
 
 
 def test_silence_stays_silent():
