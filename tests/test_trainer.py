@@ -374,17 +374,17 @@ def test_a_run_says_its_splits_each_validation_and_a_closing_line(tiny_data, tmp
     from gan.train.validator import val_line
 
     assert val_line(250, {"val/mel_distance": 1.123, "val/mel_distance_degraded": 1.161}) == \
-        "val step 250: mel 1.123 (input 1.161, -3.3 %)"
+        "val step 250: mel 1.123 (input 1.161, +3.3 % closer)"
     run = tmp_path / "run"
     tr = make_trainer(tiny_data, run, max_steps=4, pretrain_steps=4, val_every=2)
     tr.train()
     tr.close()
     err = capsys.readouterr().err
     assert f"data: cache {tiny_data[1]}: train 3 files (4.5 s), val 1 file (1.5 s) by data.val_fraction 0.25" in err
-    vals = re.findall(r"^val step (\d): mel (\d\.\d{3}) \(input (\d\.\d{3}), ([+-]\d+\.\d) %\)$", err, re.M)
+    vals = re.findall(r"^val step (\d): mel (\d\.\d{3}) \(input (\d\.\d{3}), ([+-]\d+\.\d) % closer\)$", err, re.M)
     assert [v[0] for v in vals] == ["2", "4"]
     assert all(v[2] == vals[0][2] for v in vals)  # the same degraded input each time
-    last = f"val step 4: mel {vals[1][1]} (input {vals[1][2]}, {vals[1][3]} %)"
+    last = f"val step 4: mel {vals[1][1]} (input {vals[1][2]}, {vals[1][3]} % closer)"
     assert re.search(rf"^done: steps 0 -> 4 in \d+\.\d min; last {re.escape(last)}; checkpoint "
                      rf"{run / 'checkpoints' / 'step_000000004'}; curves: tensorboard --logdir {run / 'tb'}$", err, re.M)
 

@@ -84,8 +84,9 @@ class Validator:
 
 
 def val_line(step: int, scores: dict[str, float]) -> str:
-    """``val step 250: mel 1.123 (input 1.161, -3.3 %)``: the model's mel distance to the clean crops against
-    the degraded input's (lower is better; the change relative to the input)."""
+    """``val step 250: mel 1.123 (input 1.161, +3.3 % closer)``: the model's mel distance to the clean crops
+    against the degraded input's (lower is better), and how much closer to clean the model is than the
+    input, relative to the input's distance (+ = better, as in every evaluation report)."""
     enhanced, degraded = scores["val/mel_distance"], scores["val/mel_distance_degraded"]
-    change = 100 * (enhanced - degraded) / degraded if degraded else 0.0
-    return f"val step {step}: mel {enhanced:.3f} (input {degraded:.3f}, {change:+.1f} %)"
+    closer = 100 * (degraded - enhanced) / degraded if degraded else 0.0
+    return f"val step {step}: mel {enhanced:.3f} (input {degraded:.3f}, {closer:+.1f} % closer)"
