@@ -50,3 +50,20 @@ def test_dangling_latest_pointer_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("step_000000099\n")
     with pytest.raises(CheckpointError, match="points to missing"):
         m.latest()
+
+
+def test_a_checkpoint_from_before_a_new_model_field_resumes_with_its_default(tmp_path):
+    """A field added to a model section since the checkpoint was written (``generator.band_gain.magnitude``,
+    nested) takes its default, which keeps the old model; a changed value still refuses."""
+    from gan.config import load_config, to_dict
+    from gan.train.checkpointer import check_compatible, model_config
+
+    cfg = load_config("cpu", [])
+    saved = model_config(cfg)
+    del saved["generator"]["band_gain"]["magnitude"]
+    state = {"model_config": saved, "optimizers": [cfg.optim.generator.name, cfg.optim.discriminator.name]}
+    check_compatible(state, cfg, tmp_path)
+    changed = load_config("cpu", ["generator.band_gain.magnitude=false"])
+    with pytest.raises(CheckpointError, match="different generator config"):
+        check_compatible(state, changed, tmp_path)
+    assert to_dict(cfg.generator)["band_gain"]["magnitude"] is True

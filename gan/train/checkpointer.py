@@ -160,10 +160,13 @@ def model_config(cfg: Config) -> dict:
 
 def _with_defaults(saved: dict, current) -> dict:
     """``saved`` (a model section as a checkpoint stored it) with every field of ``current``'s class that it
-    lacks set to that field's default."""
+    lacks set to that field's default, also inside nested sections (``generator.band_gain``)."""
     out = dict(saved)
     for f in dataclasses.fields(current):
         if f.name in out:
+            value = getattr(current, f.name)
+            if dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
+                out[f.name] = _with_defaults(out[f.name], value)
             continue
         if f.default is not dataclasses.MISSING:
             out[f.name] = to_dict(f.default)
