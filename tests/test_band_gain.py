@@ -161,3 +161,18 @@ def test_detection_reports_the_gain_per_shifter_and_its_auc():
     out = detection(m, examples)
     assert out["auc"] == 0.5
     assert out["mean_gain_db"] == {"torchaudio": round(db, 2), "wsola": round(db, 2), "none": round(db, 2)}
+
+
+def test_the_curve_plot_draws_every_run(tmp_path):
+    """``bench.py curve --plot``: three lines per run in each metric's panel, for more runs than a
+    short colour list would hold."""
+    from gan.bench.curve import plot
+
+    scores = {f"{name}+12": {m: {"model": 1.0, "level": 1.0, "beyond": 0.5} for m in ("mel", "lsd", "mrstft")}
+              for name in ("torchaudio", "librosa", "rubberband", "wsola", "signalsmith")}
+    runs = {f"run{i}": {"params": 1e6, "points": [{"step": s, "train_seconds": 60.0 * s, "scores": scores}
+                                                  for s in (1, 2)]} for i in range(6)}
+    fig = plot({"runs": runs}, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    for ax in fig.axes:
+        assert len(ax.lines) == 6 * 3 + 1  # and the zero line

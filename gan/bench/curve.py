@@ -100,9 +100,10 @@ def _group(scores: dict, metric: str, kind: str, names) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def plot(result: dict, path: str) -> None:
+def plot(result: dict, path: str):
     """One panel per metric: mean improvement over the phase vocoders (raw and beyond level) and over
-    the round trips that keep the level (WSOLA, Signalsmith), against training minutes."""
+    the round trips that keep the level (WSOLA, Signalsmith), against training minutes, three lines per
+    run; saved as a PNG at ``path``. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +111,8 @@ def plot(result: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, metric in zip(axes, ("mel", "lsd", "mrstft")):
-        for (run_dir, run), color in zip(result["runs"].items(), ("C0", "C1", "C2", "C3")):
+        for i, (run_dir, run) in enumerate(result["runs"].items()):
+            color = f"C{i % 10}"  # matplotlib's ten-colour cycle: every run is drawn
             pts = [p for p in run["points"] if p["train_seconds"]]
             minutes = [p["train_seconds"] / 60 for p in pts]
             label = f"{Path(run_dir).name} ({run['params'] / 1e6:.2f} M)"
@@ -125,3 +127,4 @@ def plot(result: dict, path: str) -> None:
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
