@@ -2,6 +2,7 @@
 a known gain, the exact receptive field, the config section, and chunked = whole-file inference."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -59,7 +60,6 @@ def test_without_magnitude_the_features_ignore_a_gain_on_the_input():
     are; those see the spectrum only through the presence weight, so a 20 dB gain on the input leaves
     them unchanged, while the magnitude plane moves by log(10) / 4. A trained module without it
     then gives a louder input the same band gains: its output scales with its input."""
-    import dataclasses
     torch.manual_seed(0)
     x = torch.randn(1, 1, 2000)
     full, phase_only = BandGain(TINY_BAND), BandGain(dataclasses.replace(TINY_BAND, magnitude=False))

@@ -20,6 +20,7 @@ import torch
 from gan.config import Config
 from gan.data.cache import open_cache, split_sizes
 from gan.data.loader import load_val_set
+from gan.eval.metrics import relative_change
 from gan.log import get_logger
 from gan.losses.reconstruction import MultiScaleMelLoss, si_sdr
 from gan.train.runlog import RunLogger
@@ -88,5 +89,5 @@ def val_line(step: int, scores: dict[str, float]) -> str:
     against the degraded input's (lower is better), and how much closer to clean the model is than the
     input, relative to the input's distance (+ = better, as in every evaluation report)."""
     enhanced, degraded = scores["val/mel_distance"], scores["val/mel_distance_degraded"]
-    closer = 100 * (degraded - enhanced) / degraded if degraded else 0.0
+    closer = 100 * relative_change("mel", degraded, enhanced) if degraded else 0.0
     return f"val step {step}: mel {enhanced:.3f} (input {degraded:.3f}, {closer:+.1f} % closer)"
