@@ -17,6 +17,7 @@ and predicts one log-gain per band and frame, applied to the STFT and resynthesi
       -> conv2d stack, frequency strided by 16        -> (B, C, ~K / 16, F)
       -> flatten, conv 1x1                            -> (B, C, F)       the local embedding
       -> mean over +-context frames (``context_seconds``)  -> (B, C, F)  what the round trip was
+         (+ the embedding of the known family and shift, ``condition``: condition.py)
       -> conv1d on [local, context] -> g (B, N, F)  one log-gain per band (N mel bands), zero at start
       -> bin gains exp(W g) (B, K, F), W (K, N) triangular band weights that sum to 1 per bin
       -> y = x + ISTFT(X (exp(W g) - 1))                                     (B, 1, T)
@@ -36,12 +37,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
+from .condition import Condition, ConditionConfig
 from .layers import weight_normed
 from .receptive import Span
 
@@ -57,6 +60,7 @@ class BandGainConfig:
     context_seconds: float = 1.0  # the encoder's pooled context, each side (seconds)
     max_gain_db: float = 24.0  # gains are bounded to +- this (dB)
     magnitude: bool = True  # the encoder sees log|X|; false: only the presence-weighted phase steps
+    condition: Optional[ConditionConfig] = None  # {}: told the shifter family and shift when known (condition.py)
 
     def __post_init__(self):
         if self.n_fft < 64 or self.n_fft & (self.n_fft - 1):
@@ -120,6 +124,7 @@ class BandGain(nn.Module):
         with torch.no_grad():  # the last conv starts at zero: magnitude and bias (its direction stays random)
             self.to_gain[-1].parametrizations.weight.original0.zero_()
             self.to_gain[-1].bias.zero_()
+        self.condition = Condition(cfg.condition, c) if cfg.condition is not None else None
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         with torch.device("cpu"):  # computed with checks on its values, also when the model is built on "meta"
             weights = band_weights(cfg.n_fft, cfg.n_bands)
@@ -149,19 +154,24 @@ class BandGain(nn.Module):
         log_mag = [torch.log(mag + 1e-5) / 4] if self.cfg.magnitude else []
         return torch.stack(log_mag + phase_steps, dim=1)
 
-    def log_gains(self, spec: torch.Tensor) -> torch.Tensor:
-        """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log)."""
+    def log_gains(self, spec: torch.Tensor, family: torch.Tensor | None = None,
+                  shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log); ``family``, ``shift`` ``(B,)``:
+        the known round trip of each row (``condition.py``; ignored without ``condition``)."""
         h = self.encoder(self.features(spec))  # (B, C, rows, F)
         h = self.to_frames(h.flatten(1, 2))  # (B, C, F)
         n = self.cfg.context_frames
         context = F.avg_pool1d(h, 2 * n + 1, stride=1, padding=n, count_include_pad=False) if n else h
+        if self.condition is not None:
+            context = context + self.condition(len(h), family, shift)[:, :, None].to(context.dtype)
         g = self.to_gain(torch.cat([h, context], dim=1))  # (B, N, F)
         limit = self.cfg.max_gain_db * math.log(10) / 20
         return limit * torch.tanh(g / limit)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
         spec = self.stft(x)
-        g = self.log_gains(spec)
+        g = self.log_gains(spec, family, shift)
         gain = torch.exp(torch.einsum("kn,bnf->bkf", self.weights, g))  # (B, K, F)
         correction = torch.istft(spec * (gain - 1), self.cfg.n_fft, self.cfg.hop, window=self.window,
                                  center=True, length=x.shape[-1])

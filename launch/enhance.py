@@ -4,6 +4,8 @@ r"""Clean audio files with a trained generator (any length, sample rate and chan
     python launch/enhance.py --checkpoint runs/demo --shift 3 -o out/ vocal.wav   # shift, then clean
     python launch/enhance.py --checkpoint runs/demo --shift 3 --write-shifted -o out/ vocal.wav
         # also out/vocal.shifted.wav: shifted only, to compare with the cleaned out/vocal.wav
+    python launch/enhance.py --checkpoint runs/cond --input-shifter torchaudio --input-shift 3 -o out/ up3.wav
+        # a file already shifted +3 with torchaudio: a conditioned model is told so
 
 Output files keep the input's name, sample rate, channels, format and subtype; folders
 keep their layout under OUT_DIR. An input is never overwritten.
@@ -26,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, default=0.0, help="pitch-shift by N semitones first (training shifter)")
     p.add_argument("--shifter", default=None, help="shifter for --shift (default: the one the training data used "
                                                   "most; ties: torchaudio)")
+    p.add_argument("--input-shifter", default=None,
+                   help="the inputs were already pitch-shifted with this shifter (with --input-shift); a model "
+                        "trained with generator.band_gain.condition is told so (default: unknown)")
+    p.add_argument("--input-shift", type=float, default=None, help="... by this many semitones")
     p.add_argument("--write-shifted", action="store_true",
                    help="with --shift: also write NAME.shifted.EXT, the shifted file before cleaning (A/B listening)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
@@ -63,6 +69,22 @@ def _main(argv=None) -> int:
                   "expect less restoration", file=sys.stderr)
         if args.write_shifted and not args.shift:
             raise UnshiftError("--write-shifted: needs --shift N (without a shift there is nothing to compare)")
+        told = None
+        if (args.input_shifter is None) != (args.input_shift is None):
+            raise UnshiftError("--input-shifter and --input-shift: give both (how the inputs were shifted) or neither")
+        if args.input_shifter is not None:
+            if args.shift:
+                raise UnshiftError("--input-shifter: not with --shift (with --shift the model is told the shift it "
+                                   "applies); drop one of them")
+            from generators.condition import FAMILIES
+
+            if args.input_shifter not in (*FAMILIES, "unknown"):
+                raise UnshiftError(f"--input-shifter {args.input_shifter}: unknown; use one of "
+                                   f"{', '.join(FAMILIES)} or unknown")
+            told = (args.input_shifter, args.input_shift)
+            if not enhancer.conditioned:
+                print("note: this model was trained without generator.band_gain.condition; --input-shifter "
+                      "changes nothing", file=sys.stderr)
     except ValueError as e:  # bad option values (--chunk-seconds 0, an unknown --shifter)
         if isinstance(e, UnshiftError):
             raise
@@ -70,7 +92,8 @@ def _main(argv=None) -> int:
     failed = 0
     for src, dst in pairs:  # one bad file is reported and the others are still cleaned
         try:
-            enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet)
+            enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet,
+                                  told=told)
             if args.write_shifted:
                 shifted = dst.with_name(f"{dst.stem}.shifted{dst.suffix}")
                 enhancer.enhance_file(src, shifted, shift=args.shift, subtype=args.subtype, progress=not args.quiet,

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shifts to evaluate (default: the training config's; with --shifters: 12 -12; 0 = clean input)")
     p.add_argument("--shifters", help="comma list: degrade --data on the fly with these shifters and print the "
                                       "shifter x metric matrix (e.g. torchaudio,signalsmith,wsola,librosa,rubberband)")
+    p.add_argument("--told", action="store_true",
+                   help="with --shifters: tell a model trained with generator.band_gain.condition each example's "
+                        "shifter and shift (default: unknown, as for a file of unknown origin)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="cache split (default val)")
     p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + visqol when installed; the "
                                      "speech metrics pesq,stoi,dnsmos run only when named)")
@@ -90,6 +93,8 @@ def _main(argv=None) -> int:
         parser.error("--blind needs --html DIR")
     if args.blind_key and not args.blind:
         parser.error("--blind-key needs --blind (or --listening-results)")
+    if args.told and not args.shifters:
+        parser.error("--told needs --shifters (the round trips whose shifter and shift are known)")
 
     from gan.errors import UnshiftError
     from gan.eval.evaluation import evaluate
@@ -104,7 +109,7 @@ def _main(argv=None) -> int:
                           metrics=args.metrics.split(",") if args.metrics else None, max_seconds=args.max_seconds,
                           chunk_seconds=args.chunk_seconds, device=args.device, progress=not args.quiet,
                           shifters=args.shifters.split(",") if args.shifters else None,
-                          on_example=writer.add if writer else None)
+                          on_example=writer.add if writer else None, told=args.told)
     except ValueError as e:  # bad option values (an unknown metric, --chunk-seconds 0)
         if isinstance(e, UnshiftError):
             raise

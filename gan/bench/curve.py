@@ -31,6 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift", type=int, nargs="+", default=[12, -5, 0])
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--plot", help="PNG of improvement against training minutes")
+    p.add_argument("--told", action="store_true", help="tell a model trained with generator.band_gain.condition "
+                                                       "the shifter and shift of each round trip it trained on")
 
 
 def run(args) -> dict:
@@ -48,7 +50,7 @@ def run(args) -> dict:
                                      args.seconds))
     suite = MetricSuite(["mel", "lsd", "mrstft"], cfg.loss)
     baselines: dict = {}
-    out = {"heldout": args.heldout, "examples": len(examples), "runs": {}}
+    out = {"heldout": args.heldout, "examples": len(examples), "told": args.told, "runs": {}}
     for run_dir in args.runs:
         files = CheckpointManager(run_dir)
         steps = files.steps() if files.dir.is_dir() else []
@@ -59,10 +61,11 @@ def run(args) -> dict:
         for step in steps:
             loaded = load_generator(files.final_dir(step))
             with torch.inference_mode():
-                scores = score(loaded.model, examples, suite, baselines)
+                trained = tuple(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0) if args.told else ()
+                scores = score(loaded.model, examples, suite, baselines, trained)
             point = {"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores}
             if getattr(loaded.model, "band_gain", None) is not None:
-                point["detection"] = detection(loaded.model.band_gain, examples)
+                point["detection"] = detection(loaded.model.band_gain, examples, trained)
             points.append(point)
         out["runs"][run_dir] = {"params": loaded.model.num_params(), "points": points}
     if args.plot:
@@ -71,27 +74,34 @@ def run(args) -> dict:
     return out
 
 
-def detection(band_gain, examples: list) -> dict:
+def detection(band_gain, examples: list, trained: tuple[str, ...] = ()) -> dict:
     """Mean applied band gain (dB, over bands and frames) per shifter, and the AUC (Mann-Whitney) of that
-    gain separating level-losing round trips (``LEVEL_LOSING``) from the rest (1 = always higher)."""
+    gain separating level-losing round trips (``LEVEL_LOSING``) from the rest (1 = always higher);
+    a conditioned encoder is told the round trips of ``trained`` shifters (see ``score``)."""
     from scipy.stats import mannwhitneyu
 
     gains: dict[str, list[float]] = {}
     for ex in examples:
-        gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded))
+        told = (ex.shifter, float(ex.shift)) if ex.shifter in trained and ex.shift != "0" else None
+        gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded, told))
     losing = [g for name, v in gains.items() if name in LEVEL_LOSING for g in v]
     kept = [g for name, v in gains.items() if name not in LEVEL_LOSING for g in v]
     auc = float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
     return {"auc": auc, "mean_gain_db": {name: round(float(np.mean(v)), 2) for name, v in gains.items()}}
 
 
-def mean_gain_db(band_gain, x: np.ndarray) -> float:
-    """The band gain (dB, mean over bands and frames) ``band_gain`` applies to the signal ``x`` ``(T,)`` float32."""
+def mean_gain_db(band_gain, x: np.ndarray, told: tuple[str, float] | None = None) -> float:
+    """The band gain (dB, mean over bands and frames) ``band_gain`` applies to the signal ``x`` ``(T,)`` float32;
+    ``told``: ``(shifter, semitones)`` a conditioned encoder is given (default unknown)."""
     import torch
 
+    from generators.condition import family_index
+
+    family = torch.tensor([family_index(told[0])]) if told else None
+    shift = torch.tensor([float(told[1])]) if told else None
     with torch.inference_mode():
         spec = band_gain.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None])
-        return 20 / np.log(10) * float(band_gain.log_gains(spec).mean())
+        return 20 / np.log(10) * float(band_gain.log_gains(spec, family, shift).mean())
 
 
 def _group(scores: dict, metric: str, kind: str, names) -> float:

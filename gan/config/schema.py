@@ -71,6 +71,9 @@ class DataConfig:
     eq_db: float = 0.0
     # share of training crops with a second crop of the batch, degraded by the same shifter, added on both sides
     remix_fraction: float = 0.0
+    # share of training crops whose shifter family and shift are hidden ("unknown") from a conditioned generator
+    # (generator.band_gain.condition), as when a user cannot say how a file was shifted; clean input is always hidden
+    unknown_fraction: float = 0.5
     # share of pieces whose clean audio is band-limited first (MP3 / Vorbis through soundfile, or a
     # low-pass at 16-20 kHz), so the model learns that an empty top band stays empty
     bandlimit_fraction: float = 0.0
@@ -88,7 +91,8 @@ class DataConfig:
             raise ConfigError("data.segment_length and data.batch_size: must be positive")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers: must be >= 0")
-        for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction", "remix_fraction"):
+        for name in ("quiet_fraction", "silence_fraction", "identity_fraction", "bandlimit_fraction", "remix_fraction",
+                     "unknown_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}: must be in [0, 1]")
         if not 0.0 <= self.eq_db <= 12.0:

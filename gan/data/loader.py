@@ -35,6 +35,9 @@ import torchaudio
 
 from gan.config import DataConfig
 from gan.data.cache import SCALE, CacheError, CacheSplit, open_cache
+from gan.dsp.shifters import SHIFTERS
+
+SHIFTER_LABELS = {name: i + 1 for i, name in enumerate(SHIFTERS)}  # the labels of generators/condition.py
 
 MAX_TRIES = 8  # silence redraws per crop before a quiet crop is accepted
 _VAL_TAG = 0x76616C  # "val": keeps validation draws apart from every training batch
@@ -130,16 +133,25 @@ class TrainStream:
         return self._sampler
 
     def batch(self, index: int, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """-> clean, degraded ``(B, 1, T)`` float32 and shift ``(B,)`` int64 (written into ``out`` if given)."""
+        """-> clean, degraded ``(B, 1, T)`` float32, shift and family ``(B,)`` int64 (written into ``out`` if given).
+
+        ``family``: the label a conditioned generator is told (``generators/condition.py``): 1 + the round
+        trip's shifter's place in ``SHIFTERS``, 0 (unknown) for clean input and for a share
+        ``data.unknown_fraction`` of crops."""
         cfg = self.cfg
         out = out or {"clean": torch.empty(cfg.batch_size, 1, cfg.segment_length),
                       "degraded": torch.empty(cfg.batch_size, 1, cfg.segment_length),
-                      "shift": torch.empty(cfg.batch_size, dtype=torch.int64)}
+                      "shift": torch.empty(cfg.batch_size, dtype=torch.int64),
+                      "family": torch.empty(cfg.batch_size, dtype=torch.int64)}
         views = {"clean": out["clean"].numpy()[:, 0], "degraded": out["degraded"].numpy()[:, 0],
                  "shift": out["shift"].numpy()}  # (B, 1, T) -> (B, T) views
         rng = np.random.default_rng([cfg.seed, self.rank, index])
         drawn = self.sampler.draw(rng, cfg.batch_size, out=views)
-        augment(views, rng, cfg, self.sampler.split.shifters[drawn["item"], drawn["variant"]])
+        family = augment(views, rng, cfg, self.sampler.split.shifters[drawn["item"], drawn["variant"]])
+        labels = out["family"].numpy()
+        labels[:] = [SHIFTER_LABELS.get(name, 0) for name in family]
+        if cfg.unknown_fraction:  # drawn last: the audio of a batch does not depend on it
+            labels[rng.random(cfg.batch_size) < cfg.unknown_fraction] = 0
         return out
 
     def __getstate__(self):
@@ -147,10 +159,11 @@ class TrainStream:
 
 
 def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataConfig,
-            shifters: np.ndarray | None = None) -> None:
+            shifters: np.ndarray | None = None) -> np.ndarray:
     """In place on clean, degraded ``(B, T)`` and shift ``(B,)``: a share of crops gets the clean audio as input
     (shift 0), a share is remixed (``data.remix_fraction``; ``shifters`` ``(B,)``: each crop's shifter), then
-    equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share."""
+    equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share.
+    Returns each crop's shifter ``(B,)`` (object), "clean input" where the input is the clean audio."""
     n = len(crops["clean"])
     family = np.full(n, "", dtype=object) if shifters is None else np.asarray(shifters, dtype=object).copy()
     if cfg.identity_fraction:
@@ -171,6 +184,7 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
         silent = rng.random(n) < cfg.silence_fraction
         crops["clean"][silent] = 0.0
         crops["degraded"][silent] = 0.0
+    return family
 
 
 REMIX_DB = (-12.0, 0.0)  # level of the added crop relative to its own, uniform in dB
@@ -251,7 +265,8 @@ class TrainLoader:
         n_slots = workers * self.slots_per_worker  # slot k % n_slots always belongs to worker k % workers
         slots = {"clean": torch.empty(n_slots, cfg.batch_size, 1, cfg.segment_length).share_memory_(),
                  "degraded": torch.empty(n_slots, cfg.batch_size, 1, cfg.segment_length).share_memory_(),
-                 "shift": torch.empty(n_slots, cfg.batch_size, dtype=torch.int64).share_memory_()}
+                 "shift": torch.empty(n_slots, cfg.batch_size, dtype=torch.int64).share_memory_(),
+                 "family": torch.empty(n_slots, cfg.batch_size, dtype=torch.int64).share_memory_()}
         ctx = mp.get_context("fork")
         tasks = [ctx.Queue() for _ in range(workers)]
         done = ctx.Queue()

@@ -37,6 +37,7 @@ from gan.eval.level import gain_match
 from gan.eval.metrics import (HIGHER_IS_BETTER, MetricSuite, improvement, one_sided_p, paired_test, relative_change,
                               summarize, too_few_note)
 from gan.log import get_logger
+from generators.condition import FAMILIES
 
 log = get_logger(__name__)
 
@@ -190,7 +191,7 @@ def examples(data: str | Path, degrade_cfg, shifts: list[int] | None = None, deg
 def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] | None = None,
              degraded_dir: str | Path | None = None, split: str = "val", metrics: list[str] | None = None,
              max_seconds: float | None = None, chunk_seconds: float = 5.0, device: str | None = None,
-             progress: bool = True, shifters: list[str] | None = None, on_example=None) -> dict:
+             progress: bool = True, shifters: list[str] | None = None, on_example=None, told: bool = False) -> dict:
     """Score every example's degraded input and each checkpoint's output against the clean reference.
 
     ``shifters``: degrade the clean folder ``data`` on the fly with these shifters and
@@ -208,6 +209,8 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     scored, with its number ``k`` (from 1), the ``Example``, each checkpoint's output by label
     (``(T,)`` float32, 48 kHz) and its rows; nothing of the audio is kept here
     (``gan.eval.listening.ListeningReport.add`` writes it out).
+    ``told``: a generator conditioned on its input's round trip (``generator.band_gain.condition``) is told
+    each example's shifter and shift (``shifters`` examples; clean input stays unknown); default: unknown.
     Raises ``AudioError`` for data that gives no examples.
     """
     from gan.inference import Enhancer, load_generator
@@ -226,7 +229,8 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
         deg, deg_matched, input_gain = score_with_oracle_gain(suite, ex.clean, ex.degraded, name, "input")
         outputs = {}
         for label, enh in zip(labels, enhancers):
-            est = enh.enhance(ex.degraded[None], RATE, name=name)[0]
+            known = told and ex.shifter in FAMILIES and ex.shift not in ("", "0")
+            est = enh.enhance(ex.degraded[None], RATE, name=name, told=(ex.shifter, int(ex.shift)) if known else None)[0]
             outputs[label] = est.numpy()
             sc, sc_matched, output_gain = score_with_oracle_gain(suite, ex.clean, outputs[label], name,
                                                                    f"output {label}")
@@ -261,6 +265,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     }
     is_cache = (Path(data) / "manifest.json").is_file()
     if shifters or is_cache:  # a cache's pieces have many shifts each: one row per shifter
+        report["told"] = told
         report["matrix"] = {lab: shifter_matrix(rows, lab, suite.names, loaded_mix(g), by_shift=not is_cache)
                             for lab, g in zip(labels, loaded)}
     if len(labels) == 2:

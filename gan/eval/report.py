@@ -67,7 +67,8 @@ def format_matrix(report: dict, alpha: float = 0.01) -> str:
     for lab, cells in report.get("matrix", {}).items():
         info = report["checkpoints"][lab]
         columns = matrix_columns(report["metrics"])
-        lines.append(f"checkpoint {lab}: {info['path']} (step {info['step']})")
+        told = " -- told each round trip's shifter and shift (--told)" if report.get("told") else ""
+        lines.append(f"checkpoint {lab}: {info['path']} (step {info['step']}){told}")
         lines.append(matrix_caption(report["metrics"], alpha))
         lines.append(f"{'shifter':<14}{'shift':>6}{'n':>4}" + "".join(f" {(m + ' ' + k).strip():>14}"
                                                                       for m, k in columns))

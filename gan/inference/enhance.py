@@ -21,9 +21,15 @@ floating-point rounding (valid-padding stitching; no cross-fade is needed).
 ``--shift`` runs the training shifter first: the ``torchaudio`` phase vocoder streamed block
 by block with its accumulated phase carried over (``gan.dsp.stream``), so memory stays
 bounded there too; another shifter (``signalsmith``) gets the whole 48 kHz signal at once.
+
+A generator conditioned on its input's round trip (``generator.band_gain.condition``) is told
+the shifter and shift when they are known: with ``shift`` the enhancer shifts the input itself,
+so it knows both; ``told=(shifter, semitones)`` says how an input was already shifted. Otherwise,
+and for a shifter the model never trained on, it is told "unknown" (``generators/condition.py``).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -41,6 +47,7 @@ from gan.dsp.stream import stream_shift
 from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
 from gan.log import get_logger
+from generators.condition import UNKNOWN, family_index
 
 log = get_logger(__name__)
 
@@ -70,42 +77,76 @@ class Enhancer:
         self.hop = round_up(max(int(chunk_seconds * MODEL_RATE), 1), self.align)
         self.batch_size = max(1, batch_size)
         self.shifter = shifter or main_shifter(loaded.cfg.data.degrade)  # for shift != 0
+        self._untrained_noted: set[str] = set()  # shifters already noted as never trained on
         if shifter is not None:
             from gan.dsp.shifters import SHIFTERS
 
             if shifter not in SHIFTERS:
                 raise ValueError(f"--shifter {shifter}: unknown; known: {sorted(SHIFTERS)}")
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the generator reads the shifter family and shift of its input (``band_gain.condition``)."""
+        band_gain = getattr(self.model, "band_gain", None)
+        return band_gain is not None and band_gain.condition is not None
+
+    def label(self, told: tuple[str, float] | None) -> tuple[int, float]:
+        """``(shifter, semitones)`` or None -> the ``(family, shift)`` label the generator is given: unknown (0)
+        without ``told``, for a model that is not conditioned, and for a shifter it never trained on."""
+        if told is None or not self.conditioned:
+            return UNKNOWN, 0.0
+        shifter, semitones = told
+        trained = [n for n, w in self.cfg.data.degrade.shifters.items() if w > 0]
+        if shifter not in trained:
+            family_index(shifter)  # a name that is no shifter at all is an error (ValueError), not "unknown"
+            if shifter in self._untrained_noted:
+                return UNKNOWN, 0.0
+            self._untrained_noted.add(shifter)
+            log.warning("note: this model never trained on %s round trips; it is told 'unknown' (trained: %s)",
+                        shifter, ", ".join(trained))
+            return UNKNOWN, 0.0
+        return family_index(shifter), float(semitones)
+
     @torch.inference_mode()
-    def _generate(self, x: torch.Tensor) -> torch.Tensor:
-        """``(k, C, L) -> (k, C, L)``: every channel of every window as one batch item."""
+    def _generate(self, x: torch.Tensor, label: tuple[int, float] = (UNKNOWN, 0.0)) -> torch.Tensor:
+        """``(k, C, L) -> (k, C, L)``: every channel of every window as one batch item, each told ``label``."""
         k, c, n = x.shape
-        y = self.model(x.reshape(k * c, 1, n).to(self.device))  # (k * C, 1, L)
+        x = x.reshape(k * c, 1, n).to(self.device)
+        if label[0] == UNKNOWN:
+            y = self.model(x)  # (k * C, 1, L)
+        else:
+            y = self.model(x, torch.full((k * c,), label[0], dtype=torch.int64, device=self.device),
+                           torch.full((k * c,), label[1], dtype=torch.float32, device=self.device))
         return y.reshape(k, c, n).float().cpu()
 
     def stream(self, blocks: Iterator[torch.Tensor], channels: int, n: int,
-               progress: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+               progress: Callable[[int], None] | None = None,
+               label: tuple[int, float] = (UNKNOWN, 0.0)) -> Iterator[torch.Tensor]:
         """48 kHz ``(C, n)`` blocks in -> enhanced 48 kHz blocks out (same total length)."""
-        return chunked_map(blocks, channels, n, n, self._generate, self.hop, self.context,
-                           batch=self.batch_size, on_window=progress)
+        return chunked_map(blocks, channels, n, n, functools.partial(self._generate, label=label), self.hop,
+                           self.context, batch=self.batch_size, on_window=progress)
 
     def enhance(self, x: torch.Tensor | np.ndarray, sample_rate: int = MODEL_RATE, shift: float = 0.0,
-                chunked: bool = True, name: str = "input") -> torch.Tensor:
+                chunked: bool = True, name: str = "input", told: tuple[str, float] | None = None) -> torch.Tensor:
         """``(C, T)`` (or ``(T,)``) at ``sample_rate`` -> enhanced, same shape, rate and level.
 
         Input peaking above the training range is scaled into it and back (``level_gain``).
+        ``told``: ``(shifter, semitones)``, how the input was already shifted (a conditioned model reads it).
         """
         x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
         squeeze = x.dim() == 1
         x = x[None] if squeeze else x
         gain = level_gain(float(x.abs().max()) if x.numel() else 0.0, name)  # one note per input
-        blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked, gain=gain)
+        blocks = self._pipeline(tensor_blocks(x), x.shape[0], x.shape[-1], sample_rate, shift, chunked, gain=gain,
+                                told=told)
         parts = list(blocks)
         y = torch.cat(parts, dim=-1)[:, : x.shape[-1]] if parts else x.clone()
         return y[0] if squeeze else y
 
     def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
-                  progress=None, gain: float = 1.0, clean: bool = True) -> Iterator[torch.Tensor]:
+                  progress=None, gain: float = 1.0, clean: bool = True,
+                  told: tuple[str, float] | None = None) -> Iterator[torch.Tensor]:
+        label = self.label((self.shifter, shift) if shift else told)
         if gain != 1.0:
             blocks = (b * gain for b in blocks)
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
@@ -119,18 +160,19 @@ class Enhancer:
         if not clean:  # the shifted input alone (for A/B listening against the cleaned file)
             y48 = x48
         elif chunked:
-            y48 = self.stream(x48, channels, n48, progress)
+            y48 = self.stream(x48, channels, n48, progress, label)
         else:
             whole = torch.cat(list(x48), dim=-1)
-            y48 = iter([self._generate(whole[None])[0]]) if n48 else iter([])
+            y48 = iter([self._generate(whole[None], label)[0]]) if n48 else iter([])
         out, _ = resample_blocks(y48, channels, n48, MODEL_RATE, sample_rate)
         return out if gain == 1.0 else (y / gain for y in out)
 
     def enhance_file(self, src: str | Path, dst: str | Path, shift: float = 0.0, subtype: str | None = None,
-                     progress: bool = True, clean: bool = True) -> Path:
+                     progress: bool = True, clean: bool = True, told: tuple[str, float] | None = None) -> Path:
         """Clean one file into ``dst`` (same format and subtype as ``src`` unless given).
 
         ``clean=False`` writes the file only shifted by ``shift`` (the model is not run).
+        ``told``: ``(shifter, semitones)``, how the file was already shifted (a conditioned model reads it).
         Raises ``AudioError`` for a file that cannot be read or written.
         """
         src, dst = Path(src), Path(dst)
@@ -154,7 +196,8 @@ class Enhancer:
                 blocks = (torch.from_numpy(b) for b in audio_blocks(src, stop=n))  # (C, <= READ_BLOCK) each
                 written = 0
                 try:
-                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain, clean):
+                    for y in self._pipeline(blocks, channels, n, rate, shift, True, bar.update, gain, clean,
+                                                 told):
                         y = y[:, : n - written].numpy()
                         fout.write(np.clip(y, -1.0, 1.0).T if clip else y.T)
                         written += y.shape[-1]

@@ -73,6 +73,8 @@ class GANStep:
         self.reconstruction, self.adversarial, self.ema = reconstruction, adversarial, ema
         self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
         self.skipped_total = {"g": 0, "d": 0}
+        band_gain = getattr(cfg.generator, "band_gain", None)
+        self.conditioned = band_gain is not None and band_gain.condition is not None  # G reads family and shift
 
     def state_dict(self) -> dict:
         return {"nonfinite": dict(self.nonfinite), "skipped_total": dict(self.skipped_total)}
@@ -118,10 +120,10 @@ class GANStep:
         for i, mb in enumerate(micro_batches):
             with b.autocast():
                 if k == 1:
-                    fake = fakes[i] = self.G(mb["degraded"])  # (B, 1, T), reused by the G step
+                    fake = fakes[i] = self._generate(mb)  # (B, 1, T), reused by the G step
                 else:  # with accumulation, fakes come from no-grad G passes
                     with torch.no_grad():
-                        fake = self.G(mb["degraded"])
+                        fake = self._generate(mb)
             with b.no_sync(self.D, i < k - 1):
                 with b.autocast():
                     d_loss, d_terms = self.adversarial.discriminator_loss(fake.detach(), mb["clean"])
@@ -134,7 +136,7 @@ class GANStep:
         for i, mb in enumerate(micro_batches):
             with b.no_sync(self.G, i < k - 1):
                 with b.autocast():
-                    fake = fakes[i] if fakes[i] is not None else self.G(mb["degraded"])
+                    fake = fakes[i] if fakes[i] is not None else self._generate(mb)
                     loss, terms = self.reconstruction(fake, mb["clean"])
                     if adversarial and (w.adv or w.feat):
                         adv_terms = self.adversarial.generator_losses(fake, mb["clean"], feature_matching=w.feat > 0)
@@ -142,6 +144,12 @@ class GANStep:
                         terms = {**terms, **adv_terms}
                 b.backward(self.G, loss / k, last=i == k - 1)
             _accumulate(logs, "train/g", {**terms, "total": loss}, k)
+
+    def _generate(self, mb: dict) -> torch.Tensor:
+        """G on a micro-batch's input; a conditioned G is told each crop's shifter family and shift."""
+        if self.conditioned:
+            return self.G(mb["degraded"], mb["family"], mb["shift"])
+        return self.G(mb["degraded"])
 
     def _clip_and_step(self, net: str, loss: float, step: int) -> float:
         """Clip and step one network, counting skipped steps; returns its gradient norm."""
