@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifters", help="comma list: degrade --data on the fly with these shifters and print the "
                                       "shifter x metric matrix (e.g. torchaudio,signalsmith,wsola,librosa,rubberband)")
     p.add_argument("--told", action="store_true",
-                   help="with --shifters: tell a model trained with generator.band_gain.condition each example's "
-                        "shifter and shift (default: unknown, as for a file of unknown origin)")
+                   help="with --shifters or a cache: tell a model trained with generator.band_gain.condition each "
+                        "example's shifter and shift (default: unknown, as for a file of unknown origin)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="cache split (default val)")
     p.add_argument("--metrics", help="comma list (default: lsd,mel,mrstft,si_sdr + visqol when installed; the "
                                      "speech metrics pesq,stoi,dnsmos run only when named)")
@@ -93,8 +93,9 @@ def _main(argv=None) -> int:
         parser.error("--blind needs --html DIR")
     if args.blind_key and not args.blind:
         parser.error("--blind-key needs --blind (or --listening-results)")
-    if args.told and not args.shifters:
-        parser.error("--told needs --shifters (the round trips whose shifter and shift are known)")
+    if args.told and not (args.shifters or (Path(args.data) / "manifest.json").is_file()):
+        parser.error("--told needs --shifters or a preprocessing cache as --data (round trips whose shifter and "
+                     "shift are known)")
 
     from gan.errors import UnshiftError
     from gan.eval.evaluation import evaluate

@@ -398,6 +398,16 @@ def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry
     assert enhance.main(["--checkpoint", str(tmp_path / "run"), "--write-shifted", "-o", str(tmp_path / "o2"),
                          str(tmp_path / "a.wav")]) == 2
     assert "--write-shifted: needs --shift" in capsys.readouterr().err
+    common = ["--checkpoint", str(tmp_path / "run"), "--quiet", "-o", str(tmp_path / "o3"), str(tmp_path / "a.wav")]
+    assert enhance.main([*common, "--input-shifter", "foo", "--input-shift", "3"]) == 2
+    assert "--input-shifter foo: unknown; use one of torchaudio" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shifter", "wsola"]) == 2
+    assert "give both" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3", "--shift", "2"]) == 2
+    assert "not with --shift" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3"]) == 0  # told, not conditioned
+    assert "trained without generator.band_gain.condition; --input-shifter changes nothing" in capsys.readouterr().err
+    np.testing.assert_allclose(sf.read(tmp_path / "o3" / "a.wav", dtype="float32")[0], 0.5 * x, atol=1e-6)
 
 
 def test_checkpoint_saved_from_a_compiled_model_loads_and_load_errors_are_short(tmp_path, registry):

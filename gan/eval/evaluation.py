@@ -210,7 +210,7 @@ def evaluate(checkpoints: list[str | Path], data: str | Path, shifts: list[int] 
     (``(T,)`` float32, 48 kHz) and its rows; nothing of the audio is kept here
     (``gan.eval.listening.ListeningReport.add`` writes it out).
     ``told``: a generator conditioned on its input's round trip (``generator.band_gain.condition``) is told
-    each example's shifter and shift (``shifters`` examples; clean input stays unknown); default: unknown.
+    each example's shifter and shift (``shifters`` or cache examples; clean input stays unknown); default: unknown.
     Raises ``AudioError`` for data that gives no examples.
     """
     from gan.inference import Enhancer, load_generator
