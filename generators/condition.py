@@ -5,7 +5,8 @@ knows which round trip the degradation encoder has to guess. This module turns t
 knowledge into an embedding the band-gain encoder adds to its pooled context:
 
     family (B,) int64: 0 = unknown, i = FAMILIES[i - 1]
-    shift (B,) semitones (the round trip's first leg; read only where the family is known)
+    shift (B,) semitones: the shift that was applied (a round trip's first leg; for a file shifted once,
+      the shift it was shifted by), read only where the family is known
       -> e = E[family] + W [shift / 12, |shift| / 12] (known rows only)     (B, C)
 
 ``E`` (an embedding, row 0 the "unknown" value) and ``W`` start at zero, so an untrained
@@ -24,10 +25,12 @@ import torch
 import torch.nn as nn
 
 # the shifters a round trip can come from, in the order of the training data's labels
-# (``gan.dsp.shifters.SHIFTERS``; a test pins that the two agree)
+# (``gan.dsp.shifters.SHIFTERS``; a test pins that the two agree). Append only: a trained model's
+# embedding rows are these labels, so a name moved or inserted would change what old checkpoints read.
 FAMILIES = ("torchaudio", "librosa", "signalsmith", "rubberband", "wsola")
 UNKNOWN = 0
 SHIFT_SCALE = 12.0  # semitones: an octave maps to 1
+MAX_SHIFT = 24.0  # semitones: the widest shift a recipe may train on (``data.degrade.shifts``)
 
 
 @dataclass
@@ -36,7 +39,8 @@ class ConditionConfig:
 
 
 def family_index(name: str | None) -> int:
-    """A shifter's name -> its label (``None`` or "unknown" -> 0); raises ValueError for other names."""
+    """A shifter's name -> its label (``None`` or "unknown" -> 0); raises ValueError for other names.
+    ``gan.data.loader.SHIFTER_LABELS`` gives the training data the same labels."""
     if name is None or name == "unknown":
         return UNKNOWN
     if name not in FAMILIES:
@@ -45,7 +49,8 @@ def family_index(name: str | None) -> int:
 
 
 class Condition(nn.Module):
-    """``family (B,), shift (B,) -> (B, C)``; ``family`` None: every row unknown."""
+    """``family (B,)`` int64 labels, ``shift (B,)`` semitones -> ``(B, C)`` in the embedding's dtype;
+    ``family`` None: every row unknown; ``shift`` None: no row's shift is known."""
 
     def __init__(self, cfg: ConditionConfig, channels: int):
         super().__init__()
@@ -58,7 +63,7 @@ class Condition(nn.Module):
 
     def forward(self, batch: int, family: torch.Tensor | None = None, shift: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """-> ``(batch, C)`` float32: the embedding of each row's label."""
+        """-> ``(batch, C)``: the embedding of each row's label (ValueError if ``family`` is not ``(batch,)``)."""
         if family is None:
             return self.family.weight[UNKNOWN].expand(batch, -1)
         family = family.to(self.family.weight.device).long().view(-1)
@@ -67,6 +72,7 @@ class Condition(nn.Module):
         e = self.family(family)  # (B, C)
         if shift is not None:
             s = shift.to(e.device).float().view(-1, 1) / SHIFT_SCALE  # (B, 1)
-            known = (family != UNKNOWN).float()[:, None]
-            e = e + self.shift(torch.cat([s, s.abs()], dim=1) * known)
+            known = (family != UNKNOWN)[:, None]
+            feats = torch.where(known, torch.cat([s, s.abs()], dim=1), 0.0)  # unknown rows read no shift, not even NaN
+            e = e + self.shift(feats.to(e.dtype))
         return e

@@ -29,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifter", default=None, help="shifter for --shift (default: the one the training data used "
                                                   "most; ties: torchaudio)")
     p.add_argument("--input-shifter", default=None,
-                   help="the inputs were already pitch-shifted with this shifter (with --input-shift); a model "
-                        "trained with generator.band_gain.condition is told so (default: unknown)")
-    p.add_argument("--input-shift", type=float, default=None, help="... by this many semitones")
+                   help="the inputs were already pitch-shifted with this shifter, by --input-shift semitones; a "
+                        "model trained with generator.band_gain.condition is told so (default: unknown)")
+    p.add_argument("--input-shift", type=float, default=None,
+                   help="the semitones the inputs were shifted by (+3: up three), with --input-shifter")
     p.add_argument("--write-shifted", action="store_true",
                    help="with --shift: also write NAME.shifted.EXT, the shifted file before cleaning (A/B listening)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
@@ -70,18 +71,27 @@ def _main(argv=None) -> int:
         if args.write_shifted and not args.shift:
             raise UnshiftError("--write-shifted: needs --shift N (without a shift there is nothing to compare)")
         told = None
-        if (args.input_shifter is None) != (args.input_shift is None):
-            raise UnshiftError("--input-shifter and --input-shift: give both (how the inputs were shifted) or neither")
+        if args.input_shift is not None and args.input_shifter is None:
+            raise UnshiftError("--input-shift: needs --input-shifter NAME (the shifter that shifted the inputs)")
         if args.input_shifter is not None:
-            if args.shift:
-                raise UnshiftError("--input-shifter: not with --shift (with --shift the model is told the shift it "
-                                   "applies); drop one of them")
             from generators.condition import FAMILIES
 
             if args.input_shifter not in (*FAMILIES, "unknown"):
                 raise UnshiftError(f"--input-shifter {args.input_shifter}: unknown; use one of "
                                    f"{', '.join(FAMILIES)} or unknown")
-            told = (args.input_shifter, args.input_shift)
+            if args.shift:
+                raise UnshiftError("--input-shifter: not with --shift (with --shift the model is told the shift it "
+                                   "applies); drop one of them")
+            if args.input_shifter != "unknown":
+                if args.input_shift is None:
+                    raise UnshiftError(f"--input-shifter {args.input_shifter}: needs --input-shift N, the semitones "
+                                       "the inputs were shifted by")
+                told = (args.input_shifter, args.input_shift)
+                try:
+                    enhancer.label(told)
+                except ValueError as e:
+                    raise UnshiftError(f"--input-shift {args.input_shift:g}: must be finite, non-zero and within "
+                                       "+-24 semitones; or drop --input-shifter") from None
             if not enhancer.conditioned:
                 print("note: this model was trained without generator.band_gain.condition; --input-shifter "
                       "changes nothing", file=sys.stderr)

@@ -92,6 +92,31 @@ def test_batches_carry_family_labels_hidden_for_clean_input_and_a_share(tmp_path
     assert torch.equal(hidden["family"][~dropped], told["family"][~dropped])
 
 
+def test_a_conditioned_generator_trains_on_the_labels(tiny_data, tmp_path):
+    """Training reaches the condition's weights (they start at zero and move from the second step on, once the
+    encoder's last conv has left zero); unknown rows read no shift, so a NaN shift there changes nothing."""
+    from gan.data.loader import make_train_loader
+    from helpers import make_trainer
+
+    tr = make_trainer(tiny_data, tmp_path / "run", overrides=["generator.residual=true",
+                                                              "generator.output_activation=none",
+                                                              "generator.band_gain={condition: {}}"])
+    batch = next(iter(make_train_loader(tr.cache_dir, tr.cfg.data, 0, 1)))
+    batch["family"][:] = torch.tensor([SHIFTER_LABELS["torchaudio"], UNKNOWN])
+    tr.train_step([batch])
+    assert tr.G.band_gain.condition.family.weight.abs().sum() == 0
+    tr.train_step([batch])
+    condition = tr.G.band_gain.condition
+    assert condition.family.weight[SHIFTER_LABELS["torchaudio"]].abs().sum() > 0
+    assert condition.shift.weight.abs().sum() > 0
+    x = torch.randn(2, 1, 4096) * 0.1
+    with torch.no_grad():
+        a = tr.G(x, torch.tensor([UNKNOWN, UNKNOWN]), torch.tensor([3.0, float("nan")]))
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, tr.G(x).detach(), rtol=0, atol=1e-6)
+    tr.close()
+
+
 def test_inference_tells_trained_shifters_only_and_stays_seamless():
     torch.manual_seed(0)
     cfg = tiny_dac_unet(residual=True, output_activation="none", band_gain=TINY)
@@ -102,8 +127,12 @@ def test_inference_tells_trained_shifters_only_and_stays_seamless():
     assert enh.conditioned
     assert enh.label(None) == (UNKNOWN, 0.0) and enh.label(("librosa", 3)) == (UNKNOWN, 0.0)
     assert enh.label(("wsola", -5)) == (family_index("wsola"), -5.0)
+    assert enh.label(("unknown", 3)) == (UNKNOWN, 0.0)
     with pytest.raises(ValueError, match="'foo'"):
         enh.label(("foo", 1))
+    for bad in (0.0, float("nan"), 30.0):
+        with pytest.raises(ValueError, match="finite, non-zero and within"):
+            enh.label(("wsola", bad))
     x = (torch.randn(1, 6 * 1600 + 77) * 0.3).clamp(-0.9, 0.9)
     told = enh.enhance(x, told=("torchaudio", 7))
     with torch.inference_mode():

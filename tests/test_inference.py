@@ -402,7 +402,12 @@ def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry
     assert enhance.main([*common, "--input-shifter", "foo", "--input-shift", "3"]) == 2
     assert "--input-shifter foo: unknown; use one of torchaudio" in capsys.readouterr().err
     assert enhance.main([*common, "--input-shifter", "wsola"]) == 2
-    assert "give both" in capsys.readouterr().err
+    assert "--input-shifter wsola: needs --input-shift N" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shift", "3"]) == 2
+    assert "--input-shift: needs --input-shifter NAME" in capsys.readouterr().err
+    for bad in ("nan", "0", "30"):
+        assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", bad]) == 2
+        assert f"--input-shift {float(bad):g}: must be finite, non-zero and within +-24" in capsys.readouterr().err
     assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3", "--shift", "2"]) == 2
     assert "not with --shift" in capsys.readouterr().err
     assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3"]) == 0  # told, not conditioned

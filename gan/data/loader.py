@@ -136,7 +136,7 @@ class TrainStream:
         """-> clean, degraded ``(B, 1, T)`` float32, shift and family ``(B,)`` int64 (written into ``out`` if given).
 
         ``family``: the label a conditioned generator is told (``generators/condition.py``): 1 + the round
-        trip's shifter's place in ``SHIFTERS``, 0 (unknown) for clean input and for a share
+        trip's shifter's place in ``SHIFTERS``, 0 (unknown) for clean input, remixed crops and a share
         ``data.unknown_fraction`` of crops."""
         cfg = self.cfg
         out = out or {"clean": torch.empty(cfg.batch_size, 1, cfg.segment_length),
@@ -163,7 +163,8 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
     """In place on clean, degraded ``(B, T)`` and shift ``(B,)``: a share of crops gets the clean audio as input
     (shift 0), a share is remixed (``data.remix_fraction``; ``shifters`` ``(B,)``: each crop's shifter), then
     equalisation (``data.eq_db``), one gain per crop from ``data.gain_db``, then silence for a share.
-    Returns each crop's shifter ``(B,)`` (object), "clean input" where the input is the clean audio."""
+    Returns each crop's shifter ``(B,)`` (object): "clean input" where the input is the clean audio, "remix"
+    where two round trips were added."""
     n = len(crops["clean"])
     family = np.full(n, "", dtype=object) if shifters is None else np.asarray(shifters, dtype=object).copy()
     if cfg.identity_fraction:
@@ -172,7 +173,7 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
         crops["shift"][same] = 0
         family[same] = "clean input"
     if cfg.remix_fraction:
-        remix(crops, rng, cfg.remix_fraction, family)
+        family[remix(crops, rng, cfg.remix_fraction, family)] = "remix"  # two shifts at once: no one label
     if cfg.eq_db:
         equalise(crops, rng, cfg.eq_db, cfg.sample_rate)
     lo, hi = cfg.gain_db
@@ -190,23 +191,27 @@ def augment(crops: dict[str, np.ndarray], rng: np.random.Generator, cfg: DataCon
 REMIX_DB = (-12.0, 0.0)  # level of the added crop relative to its own, uniform in dB
 
 
-def remix(crops: dict[str, np.ndarray], rng: np.random.Generator, fraction: float, family: np.ndarray) -> None:
+def remix(crops: dict[str, np.ndarray], rng: np.random.Generator, fraction: float, family: np.ndarray) -> np.ndarray:
     """In place on clean, degraded ``(B, T)``: a share ``fraction`` of crops gets another crop of the batch whose
     input went through the same shifter (``family`` ``(B,)``; clean input counts as one) added on both sides,
     at a level uniform in ``REMIX_DB``. The sum of two round trips of one shifter is a new recording degraded
     the same way (remixing, as source-separation training does), so a few recordings give many, and a
-    model cannot tell round trips apart by recognising the recordings. A crop without a partner is kept."""
+    model cannot tell round trips apart by recognising the recordings. A crop without a partner is kept.
+    Returns which crops were remixed ``(B,)`` bool."""
     n = len(crops["clean"])
     chosen = rng.random(n) < fraction
     picks = rng.random(n)
     level = (10.0 ** (rng.uniform(*REMIX_DB, n) / 20)).astype(np.float32)
     clean, degraded = crops["clean"].copy(), crops["degraded"].copy()  # partners as drawn, not as remixed
+    mixed = np.zeros(n, bool)
     for j in np.flatnonzero(chosen):
         partners = np.flatnonzero((family == family[j]) & (np.arange(n) != j))
         if partners.size:
             k = partners[int(picks[j] * partners.size)]
             crops["clean"][j] += level[j] * clean[k]
             crops["degraded"][j] += level[j] * degraded[k]
+            mixed[j] = True
+    return mixed
 
 
 EQ_FILTERS = 3  # peaking filters per crop

@@ -47,7 +47,7 @@ from gan.dsp.stream import stream_shift
 from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
 from gan.log import get_logger
-from generators.condition import UNKNOWN, family_index
+from generators.condition import MAX_SHIFT, UNKNOWN, family_index
 
 log = get_logger(__name__)
 
@@ -92,20 +92,26 @@ class Enhancer:
 
     def label(self, told: tuple[str, float] | None) -> tuple[int, float]:
         """``(shifter, semitones)`` or None -> the ``(family, shift)`` label the generator is given: unknown (0)
-        without ``told``, for a model that is not conditioned, and for a shifter it never trained on."""
-        if told is None or not self.conditioned:
+        without ``told``, for "unknown", for a model that is not conditioned, and for a shifter it never trained
+        on (noted once). ValueError for a name that is no shifter, or a shift that is not finite, 0 or beyond
+        +-``MAX_SHIFT`` semitones."""
+        if told is None or told[0] == "unknown":
             return UNKNOWN, 0.0
         shifter, semitones = told
+        index = family_index(shifter)  # a name that is no shifter at all is an error, not "unknown"
+        if not (math.isfinite(semitones) and 0 < abs(semitones) <= MAX_SHIFT):
+            raise ValueError(f"shift {semitones:g}: the semitones {shifter} shifted by must be finite, non-zero "
+                             f"and within +-{MAX_SHIFT:g}")
+        if not self.conditioned:
+            return UNKNOWN, 0.0
         trained = [n for n, w in self.cfg.data.degrade.shifters.items() if w > 0]
         if shifter not in trained:
-            family_index(shifter)  # a name that is no shifter at all is an error (ValueError), not "unknown"
-            if shifter in self._untrained_noted:
-                return UNKNOWN, 0.0
-            self._untrained_noted.add(shifter)
-            log.warning("note: this model never trained on %s round trips; it is told 'unknown' (trained: %s)",
-                        shifter, ", ".join(trained))
+            if shifter not in self._untrained_noted:
+                self._untrained_noted.add(shifter)
+                log.warning("note: this model never trained on %s round trips; it is told 'unknown' (trained: %s)",
+                            shifter, ", ".join(trained))
             return UNKNOWN, 0.0
-        return family_index(shifter), float(semitones)
+        return index, float(semitones)
 
     @torch.inference_mode()
     def _generate(self, x: torch.Tensor, label: tuple[int, float] = (UNKNOWN, 0.0)) -> torch.Tensor:
@@ -146,7 +152,10 @@ class Enhancer:
     def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
                   progress=None, gain: float = 1.0, clean: bool = True,
                   told: tuple[str, float] | None = None) -> Iterator[torch.Tensor]:
-        label = self.label((self.shifter, shift) if shift else told)
+        if shift:  # shifted here: the model is told so, up to the widest shift a label can say
+            label = self.label((self.shifter, shift)) if abs(shift) <= MAX_SHIFT else (UNKNOWN, 0.0)
+        else:
+            label = self.label(told)
         if gain != 1.0:
             blocks = (b * gain for b in blocks)
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)

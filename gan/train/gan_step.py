@@ -87,7 +87,8 @@ class GANStep:
                  timer: PhaseTimer | None = None) -> dict[str, float]:
         """Run one step; returns the scalars to log (each the mean over the micro-batches).
 
-        ``micro_batches``: dicts with ``degraded`` and ``clean`` of shape ``(B, 1, T)`` on the device.
+        ``micro_batches``: dicts with ``degraded`` and ``clean`` of shape ``(B, 1, T)`` on the device, and
+        for a conditioned G (``generator.band_gain.condition``) ``family`` and ``shift`` ``(B,)`` int64.
         """
         timer = timer or (lambda name: nullcontext())
         logs: dict[str, float] = {}
