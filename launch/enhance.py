@@ -4,8 +4,8 @@ r"""Clean audio files with a trained generator (any length, sample rate and chan
     python launch/enhance.py --checkpoint runs/demo --shift 3 -o out/ vocal.wav   # shift, then clean
     python launch/enhance.py --checkpoint runs/demo --shift 3 --write-shifted -o out/ vocal.wav
         # also out/vocal.shifted.wav: shifted only, to compare with the cleaned out/vocal.wav
-    python launch/enhance.py --checkpoint runs/cond --input-shifter torchaudio --input-shift 3 -o out/ up3.wav
-        # a file already shifted +3 with torchaudio: a conditioned model is told so
+    python launch/enhance.py --checkpoint runs/cond --input-shifter torchaudio --input-shift 3 -o out/ rt3.wav
+        # a torchaudio round trip by +3 (up and back): a conditioned model is told so
 
 Output files keep the input's name, sample rate, channels, format and subtype; folders
 keep their layout under OUT_DIR. An input is never overwritten.
@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shifter", default=None, help="shifter for --shift (default: the one the training data used "
                                                   "most; ties: torchaudio)")
     p.add_argument("--input-shifter", default=None,
-                   help="the inputs were already pitch-shifted with this shifter, by --input-shift semitones; a "
-                        "model trained with generator.band_gain.condition is told so (default: unknown)")
+                   help="the inputs are round trips (shifted by --input-shift semitones and back) made with this "
+                        "shifter; a model trained with generator.band_gain.condition is told so (default: "
+                        "unknown). Not for files shifted once: told, it over-boosts them by about 3 dB")
     p.add_argument("--input-shift", type=float, default=None,
-                   help="the semitones the inputs were shifted by (+3: up three), with --input-shifter")
+                   help="the round trip's first shift in semitones (+3: up three, then back), with --input-shifter")
     p.add_argument("--write-shifted", action="store_true",
                    help="with --shift: also write NAME.shifted.EXT, the shifted file before cleaning (A/B listening)")
     p.add_argument("--chunk-seconds", type=float, default=5.0, help="audio per generator call (default 5)")
@@ -80,13 +81,19 @@ def _main(argv=None) -> int:
                 raise UnshiftError(f"--input-shifter {args.input_shifter}: unknown; use one of "
                                    f"{', '.join(FAMILIES)} or unknown")
             if args.shift:
-                raise UnshiftError("--input-shifter: not with --shift (with --shift the model is told the shift it "
-                                   "applies); drop one of them")
+                raise UnshiftError("--input-shifter: not with --shift (it describes inputs that were already "
+                                   "round-tripped, not the shift applied here); drop one of them")
+            if args.input_shifter == "unknown" and args.input_shift is not None:
+                raise UnshiftError("--input-shift: not with --input-shifter unknown (an unknown round trip has no "
+                                   "known shift); drop --input-shift")
             if args.input_shifter != "unknown":
                 if args.input_shift is None:
                     raise UnshiftError(f"--input-shifter {args.input_shifter}: needs --input-shift N, the semitones "
                                        "the inputs were shifted by")
                 told = (args.input_shifter, args.input_shift)
+                if abs(args.input_shift) > trained:
+                    print(f"warning: --input-shift {args.input_shift:g} lies outside the shifts this model trained "
+                          f"on (up to +-{trained})", file=sys.stderr)
                 try:
                     enhancer.label(told)
                 except ValueError as e:

@@ -140,6 +140,9 @@ def test_inference_tells_trained_shifters_only_and_stays_seamless():
     torch.testing.assert_close(told, whole, rtol=1e-4, atol=1e-5)
     assert (told - enh.enhance(x)).abs().max() > 1e-4  # the label reached the model
     assert_chunked_equals_whole(enh, model)  # unknown, as before
+    from gan.dsp.shifters import apply_shift  # a shift applied here is not told: labels describe round trips
+    shifted = apply_shift(x, 48000, 3, enh.cfg.data.degrade, enh.shifter)
+    torch.testing.assert_close(enh.enhance(x, shift=3), enh.enhance(shifted), rtol=0, atol=1e-6)
 
 
 def test_evaluation_tells_each_round_trip(tmp_path, monkeypatch):

@@ -410,6 +410,10 @@ def test_write_shifted_is_the_shifted_input_and_needs_a_shift(tmp_path, registry
         assert f"--input-shift {float(bad):g}: must be finite, non-zero and within +-24" in capsys.readouterr().err
     assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3", "--shift", "2"]) == 2
     assert "not with --shift" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shifter", "unknown", "--input-shift", "3"]) == 2
+    assert "--input-shift: not with --input-shifter unknown" in capsys.readouterr().err
+    assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "20"]) == 0
+    assert "--input-shift 20 lies outside the shifts this model trained on" in capsys.readouterr().err
     assert enhance.main([*common, "--input-shifter", "wsola", "--input-shift", "3"]) == 0  # told, not conditioned
     assert "trained without generator.band_gain.condition; --input-shifter changes nothing" in capsys.readouterr().err
     np.testing.assert_allclose(sf.read(tmp_path / "o3" / "a.wav", dtype="float32")[0], 0.5 * x, atol=1e-6)

@@ -22,10 +22,12 @@ floating-point rounding (valid-padding stitching; no cross-fade is needed).
 by block with its accumulated phase carried over (``gan.dsp.stream``), so memory stays
 bounded there too; another shifter (``signalsmith``) gets the whole 48 kHz signal at once.
 
-A generator conditioned on its input's round trip (``generator.band_gain.condition``) is told
-the shifter and shift when they are known: with ``shift`` the enhancer shifts the input itself,
-so it knows both; ``told=(shifter, semitones)`` says how an input was already shifted. Otherwise,
-and for a shifter the model never trained on, it is told "unknown" (``generators/condition.py``).
+A generator conditioned on its input's round trip (``generator.band_gain.condition``) is told the
+shifter and shift only when the caller says so, ``told=(shifter, semitones)``; otherwise, and for a
+shifter the model never trained on, it is told "unknown" (``generators/condition.py``). The label
+describes a round trip (what the model trained and was scored on); a file shifted once loses about
+half that level, and a told model boosts it about 3 dB past its original level
+(``exp/c6_one_way_level.json``), so ``shift`` does not tell the model the shift it applies.
 """
 from __future__ import annotations
 
@@ -152,10 +154,7 @@ class Enhancer:
     def _pipeline(self, blocks, channels: int, n: int, sample_rate: int, shift: float, chunked: bool,
                   progress=None, gain: float = 1.0, clean: bool = True,
                   told: tuple[str, float] | None = None) -> Iterator[torch.Tensor]:
-        if shift:  # shifted here: the model is told so, up to the widest shift a label can say
-            label = self.label((self.shifter, shift)) if abs(shift) <= MAX_SHIFT else (UNKNOWN, 0.0)
-        else:
-            label = self.label(told)
+        label = self.label(told)  # not the shift applied here: a label describes a round trip (module docstring)
         if gain != 1.0:
             blocks = (b * gain for b in blocks)
         x48, n48 = resample_blocks(blocks, channels, n, sample_rate, MODEL_RATE)
