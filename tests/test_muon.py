@@ -240,6 +240,10 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # a gloo worker thread on CPU rarely aborts a rank (std::terminate, about 1 run in 10): run it again once
+        cmd[cmd.index("--main_process_port") + 1] = str(_free_port())
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = torch.load(out, weights_only=True)
     assert res["world"] == 2
