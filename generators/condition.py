@@ -1,12 +1,11 @@
 """What the user knows about the input: the shifter family and the shift, or "unknown".
 
-A user who shifted a file with a known tool (``enhance.py --shift N`` shifts it itself)
-knows which round trip the degradation encoder has to guess. This module turns that
-knowledge into an embedding the band-gain encoder adds to its pooled context:
+Whoever made a round trip with a known tool knows what the degradation encoder has to
+guess. This module turns that knowledge into an embedding the band-gain encoder adds to
+its pooled context:
 
     family (B,) int64: 0 = unknown, i = FAMILIES[i - 1]
-    shift (B,) semitones: the shift that was applied (a round trip's first leg; for a file shifted once,
-      the shift it was shifted by), read only where the family is known
+    shift (B,) semitones: the round trip's first leg, read only where the family is known
       -> e = E[family] + W [shift / 12, |shift| / 12] (known rows only)     (B, C)
 
 ``E`` (an embedding, row 0 the "unknown" value) and ``W`` start at zero, so an untrained
@@ -15,7 +14,9 @@ from the labels. Training hides the labels of a share of crops (``data.unknown_f
 and of every clean-input crop, so "unknown" is the model that has to guess, as without
 conditioning. Conditioning on a degradation's known parameters is the non-blind case of
 degradation-aware restoration (Zhang et al. 2018, SRMD; Wang et al. 2021, DASR, for the
-blind one).
+blind one). The labels describe round trips, the only pairs with a clean reference; a file
+shifted once loses about half a round trip's level, so a told model over-boosts it
+(``gan/inference/enhance.py``, ``exp/c6_one_way_level.json``).
 """
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ def family_index(name: str | None) -> int:
     if name not in FAMILIES:
         raise ValueError(f"shifter family {name!r}: unknown; use one of {', '.join(FAMILIES)} or 'unknown'")
     return FAMILIES.index(name) + 1
+
+
+def conditioned(cfg_generator) -> bool:
+    """Whether a generator config asks for this conditioning (``band_gain.condition`` present)."""
+    band_gain = getattr(cfg_generator, "band_gain", None)
+    return band_gain is not None and band_gain.condition is not None
+
+
+def label_tensors(family: int, shift: float, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One label for ``n`` rows -> ``family (n,)`` int64 and ``shift (n,)`` float32 semitones."""
+    return (torch.full((n,), family, dtype=torch.int64, device=device),
+            torch.full((n,), shift, dtype=torch.float32, device=device))
 
 
 class Condition(nn.Module):

@@ -75,7 +75,7 @@ def _main(argv=None) -> int:
         if args.input_shift is not None and args.input_shifter is None:
             raise UnshiftError("--input-shift: needs --input-shifter NAME (the shifter that shifted the inputs)")
         if args.input_shifter is not None:
-            from generators.condition import FAMILIES
+            from generators.condition import FAMILIES, MAX_SHIFT
 
             if args.input_shifter not in (*FAMILIES, "unknown"):
                 raise UnshiftError(f"--input-shifter {args.input_shifter}: unknown; use one of "
@@ -96,9 +96,9 @@ def _main(argv=None) -> int:
                           f"on (up to +-{trained})", file=sys.stderr)
                 try:
                     enhancer.label(told)
-                except ValueError as e:
+                except ValueError:
                     raise UnshiftError(f"--input-shift {args.input_shift:g}: must be finite, non-zero and within "
-                                       "+-24 semitones; or drop --input-shifter") from None
+                                       f"+-{MAX_SHIFT:g} semitones; or drop --input-shifter") from None
             if not enhancer.conditioned:
                 print("note: this model was trained without generator.band_gain.condition; --input-shifter "
                       "changes nothing", file=sys.stderr)

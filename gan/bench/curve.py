@@ -40,6 +40,7 @@ def run(args) -> dict:
 
     from gan.bench.learn import score
     from gan.config import load_config
+    from gan.dsp.shifters import trained_shifters
     from gan.eval.evaluation import shifter_examples
     from gan.eval.metrics import MetricSuite
     from gan.inference.loading import load_generator
@@ -61,7 +62,7 @@ def run(args) -> dict:
         for step in steps:
             loaded = load_generator(files.final_dir(step))
             with torch.inference_mode():
-                trained = tuple(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0) if args.told else ()
+                trained = tuple(trained_shifters(loaded.cfg.data.degrade)) if args.told else ()
                 scores = score(loaded.model, examples, suite, baselines, trained)
             point = {"step": loaded.step, "train_seconds": loaded.train_seconds, "scores": scores}
             if getattr(loaded.model, "band_gain", None) is not None:
@@ -80,10 +81,11 @@ def detection(band_gain, examples: list, trained: tuple[str, ...] = ()) -> dict:
     a conditioned encoder is told the round trips of ``trained`` shifters (see ``score``)."""
     from scipy.stats import mannwhitneyu
 
+    from gan.bench.learn import told
+
     gains: dict[str, list[float]] = {}
     for ex in examples:
-        told = (ex.shifter, float(ex.shift)) if ex.shifter in trained and ex.shift != "0" else None
-        gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded, told))
+        gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded, told(ex, trained)))
     losing = [g for name, v in gains.items() if name in LEVEL_LOSING for g in v]
     kept = [g for name, v in gains.items() if name not in LEVEL_LOSING for g in v]
     auc = float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
@@ -95,13 +97,12 @@ def mean_gain_db(band_gain, x: np.ndarray, told: tuple[str, float] | None = None
     ``told``: ``(shifter, semitones)`` a conditioned encoder is given (default unknown)."""
     import torch
 
-    from generators.condition import family_index
+    from generators.condition import family_index, label_tensors
 
-    family = torch.tensor([family_index(told[0])]) if told else None
-    shift = torch.tensor([float(told[1])]) if told else None
+    labels = label_tensors(family_index(told[0]), told[1], 1) if told else ()
     with torch.inference_mode():
         spec = band_gain.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None])
-        return 20 / np.log(10) * float(band_gain.log_gains(spec, family, shift).mean())
+        return 20 / np.log(10) * float(band_gain.log_gains(spec, *labels).mean())
 
 
 def _group(scores: dict, metric: str, kind: str, names) -> float:

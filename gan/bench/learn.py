@@ -34,22 +34,25 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=4.0)
 
 
+def told(ex, trained: tuple[str, ...]) -> tuple[str, float] | None:
+    """``(shifter, semitones)`` of an example's round trip when its shifter is one of ``trained``, else None
+    (unknown; clean input too)."""
+    return (ex.shifter, float(ex.shift)) if ex.shifter in trained and ex.shift != "0" else None
+
+
 def score(g: torch.nn.Module, examples: list, suite, baselines: dict, trained: tuple[str, ...] = ()) -> dict:
     """Per (shifter, shift) tag and metric: % change of the mean distance, model vs input (``model``),
     gain-matched input vs input (``level``), gain-matched output vs gain-matched input (``beyond``);
     for clean input (distance 0) also ``abs``, the mean distance of the output to it.
     ``trained``: shifters whose round trips a conditioned ``g`` is told (family and shift); others: unknown."""
     from gan.eval.level import gain_match
-    from generators.condition import family_index
+    from generators.condition import family_index, label_tensors
 
     sums: dict[tuple, list] = {}
     with torch.no_grad():
         for i, ex in enumerate(examples):
-            x = torch.from_numpy(ex.degraded)[None, None]
-            if ex.shifter in trained and ex.shift != "0":
-                enhanced = g(x, torch.tensor([family_index(ex.shifter)]), torch.tensor([float(ex.shift)]))
-            else:
-                enhanced = g(x)
+            x, known = torch.from_numpy(ex.degraded)[None, None], told(ex, trained)
+            enhanced = g(x, *label_tensors(family_index(known[0]), known[1], 1)) if known else g(x)
             enhanced = enhanced[0, 0].numpy()
             if i not in baselines:  # the input's scores do not change during training
                 matched = gain_match(ex.clean, ex.degraded)[0]

@@ -207,9 +207,14 @@ def check_shifters(cfg: DegradeConfig) -> None:
             raise ConfigError(f"data.degrade.shifters: unknown shifter {name!r}; known: {sorted(SHIFTERS)}")
 
 
+def trained_shifters(cfg: DegradeConfig) -> list[str]:
+    """The shifters a recipe draws round trips from (positive weight), sorted by name."""
+    return sorted(n for n, w in cfg.shifters.items() if w > 0)
+
+
 def choose_shifter(cfg: DegradeConfig, file_key: str, shift: int) -> str:
     """Deterministic weighted choice of a shifter for one (file, shift) pair."""
-    names = sorted(n for n, w in cfg.shifters.items() if w > 0)
+    names = trained_shifters(cfg)
     if len(names) == 1:
         return names[0]
     digest = hashlib.sha256(f"{cfg.seed}|{file_key}|{shift}".encode()).digest()

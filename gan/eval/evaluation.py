@@ -332,7 +332,9 @@ def verdict(degraded, enhanced, metric: str, alpha: float = 0.01) -> dict:
 
 def loaded_mix(loaded) -> list[str]:
     """The shifters a checkpoint trained on (positive weight in its config)."""
-    return sorted(n for n, w in loaded.cfg.data.degrade.shifters.items() if w > 0)
+    from gan.dsp.shifters import trained_shifters
+
+    return trained_shifters(loaded.cfg.data.degrade)
 
 
 def shifter_matrix(rows: list[dict], label: str, metrics: list[str], trained: list[str],

@@ -44,12 +44,12 @@ import torch
 from gan.data.recipe import MAX_PEAK
 from gan.dsp.audio import AudioError, audio_blocks, audio_info, find_audio_files
 from gan.dsp.chunking import chunked_map, resample_blocks, round_up, tensor_blocks
-from gan.dsp.shifters import MODEL_RATE, apply_shift
+from gan.dsp.shifters import MODEL_RATE, apply_shift, trained_shifters
 from gan.dsp.stream import stream_shift
 from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
 from gan.log import get_logger
-from generators.condition import MAX_SHIFT, UNKNOWN, family_index
+from generators.condition import MAX_SHIFT, UNKNOWN, conditioned, family_index, label_tensors
 
 log = get_logger(__name__)
 
@@ -89,8 +89,7 @@ class Enhancer:
     @property
     def conditioned(self) -> bool:
         """Whether the generator reads the shifter family and shift of its input (``band_gain.condition``)."""
-        band_gain = getattr(self.model, "band_gain", None)
-        return band_gain is not None and band_gain.condition is not None
+        return conditioned(self.cfg.generator)
 
     def label(self, told: tuple[str, float] | None) -> tuple[int, float]:
         """``(shifter, semitones)`` or None -> the ``(family, shift)`` label the generator is given: unknown (0)
@@ -106,7 +105,7 @@ class Enhancer:
                              f"and within +-{MAX_SHIFT:g}")
         if not self.conditioned:
             return UNKNOWN, 0.0
-        trained = [n for n, w in self.cfg.data.degrade.shifters.items() if w > 0]
+        trained = trained_shifters(self.cfg.data.degrade)
         if shifter not in trained:
             if shifter not in self._untrained_noted:
                 self._untrained_noted.add(shifter)
@@ -123,8 +122,7 @@ class Enhancer:
         if label[0] == UNKNOWN:
             y = self.model(x)  # (k * C, 1, L)
         else:
-            y = self.model(x, torch.full((k * c,), label[0], dtype=torch.int64, device=self.device),
-                           torch.full((k * c,), label[1], dtype=torch.float32, device=self.device))
+            y = self.model(x, *label_tensors(*label, k * c, self.device))
         return y.reshape(k, c, n).float().cpu()
 
     def stream(self, blocks: Iterator[torch.Tensor], channels: int, n: int,

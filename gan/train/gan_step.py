@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from gan.errors import UnshiftError
+from generators.condition import conditioned
 
 PRETRAIN, ADVERSARIAL = "pretrain", "adversarial"
 
@@ -73,8 +74,7 @@ class GANStep:
         self.reconstruction, self.adversarial, self.ema = reconstruction, adversarial, ema
         self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
         self.skipped_total = {"g": 0, "d": 0}
-        band_gain = getattr(cfg.generator, "band_gain", None)
-        self.conditioned = band_gain is not None and band_gain.condition is not None  # G reads family and shift
+        self.conditioned = conditioned(cfg.generator)  # G reads family and shift
 
     def state_dict(self) -> dict:
         return {"nonfinite": dict(self.nonfinite), "skipped_total": dict(self.skipped_total)}
