@@ -13,6 +13,7 @@ the run's own settings; --init-from starts a new run from another run's weights.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def _main(argv=None) -> int:
         trainer.train()
     finally:
         trainer.close()
+        # the process group's last holders (DDP's reducer) go now, while the interpreter is whole: left to
+        # interpreter shutdown, gloo's worker threads can end after Python and abort the process (SIGABRT)
+        del trainer
+        gc.collect()
     return 0
 
 

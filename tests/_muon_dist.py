@@ -9,6 +9,7 @@ objects. Rank 0 writes both final state dicts and cross-rank checks to ``--out``
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import sys
 from pathlib import Path
@@ -163,3 +164,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    gc.collect()  # DDP's reducer lets go of the process group while the interpreter is whole (launch/train.py)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
+import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,27 @@ from tiny_configs import tiny_dac_unet
 
 
 PY = sys.executable
+GLOO_ABORT = "terminate called without an active exception"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_launch(cmd: list[str], fresh: tuple[Path, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    """Run an ``accelerate launch`` command line (``--main_process_port`` in it); when a rank aborts as
+    gloo's worker threads rarely make one on the CPU (std::terminate, about 1 run in 10 on a loaded
+    2-core machine), run it once more on a fresh port with the folders ``fresh`` removed first."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0 and GLOO_ABORT in proc.stdout + proc.stderr:
+        for folder in fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        cmd = list(cmd)
+        cmd[cmd.index("--main_process_port") + 1] = str(free_port())
+        proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    return proc
 
 
 def tiny_dict(audio_dir: Path, cache_dir: Path, **trainer) -> dict:

@@ -6,8 +6,8 @@ configs/accelerate/deepspeed_zero2.yaml over gloo on the CPU.
 """
 import importlib
 import os
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ from conftest import ROOT  # noqa: E402
 from gan.train import ds  # noqa: E402
 from gan.train.checkpoint import CheckpointError  # noqa: E402
 from gan.config import ConfigError, config_from_dict  # noqa: E402
-from helpers import make_loss_nan, make_trainer, tiny_dict, write_config
+from helpers import make_loss_nan, make_trainer, run_launch, tiny_dict, write_config
 
 PY = sys.executable
 # The first CPU DeepSpeed run JIT-compiles a shared-memory all-reduce kernel (minutes on
@@ -310,7 +310,8 @@ def test_two_process_zero2_through_accelerate_launch(tiny_data, tmp_path):
     env["OMP_NUM_THREADS"] = "1"
 
     def run(*args: str) -> str:
-        done = subprocess.run(launch + list(args), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        done = run_launch(launch + list(args), fresh=(Path(args[args.index("--run-dir") + 1]),), cwd=ROOT,
+                          timeout=600, env=env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stderr  # messages (gan.log) go to stderr
 

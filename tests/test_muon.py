@@ -4,8 +4,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +12,7 @@ import torch.nn as nn
 
 from conftest import ROOT
 from gan.optim.muon import Muon, build_plan, matrix_shape, newton_schulz, ns_flops, update_scale
+from helpers import free_port, run_launch
 
 sys.path.insert(0, str(ROOT / "tests"))
 import _muon_dist  # noqa: E402
@@ -222,12 +221,6 @@ def test_errors_name_the_problem():
 # --------------------------------------------------------------------------- two processes (gloo)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_match_one_and_resume_exactly(tmp_path):
@@ -236,14 +229,10 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path):
     cmd = [
         str(ROOT / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(ROOT / "tests" / "_muon_dist.py"), "--out", str(out),
+        "--main_process_port", str(free_port()), str(ROOT / "tests" / "_muon_dist.py"), "--out", str(out),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
-    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
-        # a gloo worker thread on CPU rarely aborts a rank (std::terminate, about 1 run in 10): run it again once
-        cmd[cmd.index("--main_process_port") + 1] = str(_free_port())
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    proc = run_launch(cmd, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = torch.load(out, weights_only=True)
     assert res["world"] == 2

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.train.lock import RunDirError
-from helpers import PY, start_endless_run, make_trainer, write_config
+from helpers import PY, make_trainer, run_launch, start_endless_run, write_config
 
 sys.path.insert(0, str(ROOT / "launch"))
 
@@ -87,7 +87,7 @@ def test_a_multi_process_launch_takes_one_lock_and_every_rank_stops(tiny_data, t
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
     assert re.fullmatch(_busy_line(run, holder.pid), errors[0])
-    done = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    done = run_launch(launch, fresh=(run,), cwd=ROOT, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "checkpoints" / "step_000000001").is_dir()
 

@@ -13,7 +13,7 @@ from gan.train.checkpoint import CheckpointError, resolve_resume
 from gan.config import config_from_dict
 from gan.train.gan_step import ADVERSARIAL, PRETRAIN, NonFiniteError, stage_at
 from gan.train.trainer import Trainer
-from helpers import (PY, assert_same_weights, make_loss_nan, make_trainer, start_endless_run, tiny_dict,
+from helpers import (PY, assert_same_weights, make_loss_nan, make_trainer, run_launch, start_endless_run, tiny_dict,
                      write_config)
 
 
@@ -156,13 +156,13 @@ def test_multi_process_resume_is_exact(tiny_data, tmp_path, processes):
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
               str(ROOT / "launch" / "train.py"), "--config", str(cfg)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    a = subprocess.run(launch + ["--run-dir", str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=env)
+    a = run_launch(launch + ["--run-dir", str(tmp_path / "a")], fresh=(tmp_path / "a",), cwd=ROOT, timeout=600,
+                   env=env)
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     assert "did not find any unused parameters" not in a.stdout + a.stderr  # expected, so not shown
     ckpt = tmp_path / "a" / "checkpoints"
-    b = subprocess.run(launch + ["--run-dir", str(tmp_path / "b"), "--resume", str(ckpt / "step_000000003")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    b = run_launch(launch + ["--run-dir", str(tmp_path / "b"), "--resume", str(ckpt / "step_000000003")],
+                   fresh=(tmp_path / "b",), cwd=ROOT, timeout=600, env=env)
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
     assert (ckpt / "step_000000006" / "random_states_1.pkl").is_file()  # every rank's RNG is saved
     assert_same_weights(ckpt / "step_000000006", tmp_path / "b" / "checkpoints" / "step_000000006")
