@@ -18,6 +18,7 @@ and predicts one log-gain per band and frame, applied to the STFT and resynthesi
       -> flatten, conv 1x1                            -> (B, C, F)       the local embedding
       -> mean over +-context frames (``context_seconds``)  -> (B, C, F)  what the round trip was
          (+ the embedding of the known family and shift, ``condition``: condition.py)
+         (-> a classifier of the round trip, trained on the data's labels, ``detect``: detection.py)
       -> conv1d on [local, context] -> g (B, N, F)  one log-gain per band (N mel bands), zero at start
       -> bin gains exp(W g) (B, K, F), W (K, N) triangular band weights that sum to 1 per bin
       -> y = x + ISTFT(X (exp(W g) - 1))                                     (B, 1, T)
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from .condition import Condition, ConditionConfig
+from .detection import Detection, DetectionConfig
 from .layers import weight_normed
 from .receptive import Span
 
@@ -61,6 +63,7 @@ class BandGainConfig:
     max_gain_db: float = 24.0  # gains are bounded to +- this (dB)
     magnitude: bool = True  # the encoder sees log|X|; false: only the presence-weighted phase steps
     condition: Optional[ConditionConfig] = None  # {}: told the shifter family and shift when known (condition.py)
+    detect: Optional[DetectionConfig] = None  # {}: the context also trained to classify the round trip (detection.py)
 
     def __post_init__(self):
         if self.n_fft < 64 or self.n_fft & (self.n_fft - 1):
@@ -71,6 +74,9 @@ class BandGainConfig:
             raise ValueError(f"band_gain.n_bands: {self.n_bands} must be in [2, n_fft / 2]")
         if self.channels < 1 or self.context_seconds < 0 or self.max_gain_db <= 0:
             raise ValueError("band_gain: channels >= 1, context_seconds >= 0 and max_gain_db > 0")
+        if self.condition is not None and self.detect is not None:
+            raise ValueError("band_gain: condition and detect both read the data's family labels (as input, as "
+                             "target); use one")
 
     @property
     def context_frames(self) -> int:
@@ -125,6 +131,9 @@ class BandGain(nn.Module):
             self.to_gain[-1].parametrizations.weight.original0.zero_()
             self.to_gain[-1].bias.zero_()
         self.condition = Condition(cfg.condition, c) if cfg.condition is not None else None
+        self.detection = Detection(cfg.detect, c) if cfg.detect is not None else None
+        self._auxiliary: dict[str, torch.Tensor] = {}
+        self.last_logits: torch.Tensor | None = None  # (B, L, F): the detector's latest guess (with ``detect``)
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         with torch.device("cpu"):  # computed with checks on its values, also when the model is built on "meta"
             weights = band_weights(cfg.n_fft, cfg.n_bands)
@@ -157,11 +166,15 @@ class BandGain(nn.Module):
     def log_gains(self, spec: torch.Tensor, family: torch.Tensor | None = None,
                   shift: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log); ``family``, ``shift`` ``(B,)``:
-        the known round trip of each row (``condition.py``; ignored without ``condition``)."""
+        the known round trip of each row, read by ``condition`` (condition.py) as input and by ``detect``
+        (detection.py) as the target of its loss (``auxiliary_losses``); ignored without either."""
         h = self.encoder(self.features(spec))  # (B, C, rows, F)
         h = self.to_frames(h.flatten(1, 2))  # (B, C, F)
         n = self.cfg.context_frames
         context = F.avg_pool1d(h, 2 * n + 1, stride=1, padding=n, count_include_pad=False) if n else h
+        if self.detection is not None:
+            self.last_logits = self.detection(context)
+            self._auxiliary = {} if family is None else {"detect": self.detection.loss(self.last_logits, family)}
         if self.condition is not None:
             context = context + self.condition(len(h), family, shift)[:, :, None].to(context.dtype)
         g = self.to_gain(torch.cat([h, context], dim=1))  # (B, N, F)
@@ -176,6 +189,12 @@ class BandGain(nn.Module):
         correction = torch.istft(spec * (gain - 1), self.cfg.n_fft, self.cfg.hop, window=self.window,
                                  center=True, length=x.shape[-1])
         return x + correction[:, None].to(x.dtype)
+
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """The losses of the last forward that was given labels (``detect``: ``{"detect": scalar}``), once:
+        a second call returns ``{}``."""
+        losses, self._auxiliary = self._auxiliary, {}
+        return losses
 
     def frames_radius(self) -> int:
         """Frames on each side that one frame's gain depends on (conv kernels and the context mean)."""

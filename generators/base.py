@@ -40,6 +40,11 @@ class Generator(nn.Module):
         ``cfg`` None: none. The network then corrects, and passes on, the band-gained input."""
         self.band_gain = BandGain(cfg) if cfg is not None else None
 
+    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
+        """Losses of the last labelled forward that belong to the generator's own parts, by name (weighted
+        scalars, to add to its reconstruction loss); ``{}`` when it has none."""
+        return self.band_gain.auxiliary_losses() if self.band_gain is not None else {}
+
     def band_gain_span(self, s: Span, out: Span) -> Span:
         """Span on the input of a span ``s`` on the band-gained input, for output span ``out``."""
         return self.band_gain.input_span(union(s, out)) if self.band_gain is not None else s

@@ -304,3 +304,8 @@ class Config:
             )
         if self.data.val_segment_seconds * self.data.sample_rate < self.data.segment_length:
             raise ConfigError("data.val_segment_seconds: validation crops must be at least segment_length long")
+        band_gain = getattr(self.generator, "band_gain", None)
+        if band_gain is not None and band_gain.detect is not None and (self.data.unknown_fraction
+                                                                        or self.data.remix_fraction):
+            raise ConfigError("generator.band_gain.detect: the classifier's label 0 is clean input, so the data "
+                              "may not hide or mix labels; set data.unknown_fraction=0 and data.remix_fraction=0")

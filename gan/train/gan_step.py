@@ -27,6 +27,7 @@ import torch
 
 from gan.errors import UnshiftError
 from generators.condition import conditioned
+from generators.detection import detecting
 
 PRETRAIN, ADVERSARIAL = "pretrain", "adversarial"
 
@@ -74,7 +75,7 @@ class GANStep:
         self.reconstruction, self.adversarial, self.ema = reconstruction, adversarial, ema
         self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
         self.skipped_total = {"g": 0, "d": 0}
-        self.conditioned = conditioned(cfg.generator)  # G reads family and shift
+        self.labelled = conditioned(cfg.generator) or detecting(cfg.generator)  # G reads family and shift
 
     def state_dict(self) -> dict:
         return {"nonfinite": dict(self.nonfinite), "skipped_total": dict(self.skipped_total)}
@@ -88,7 +89,8 @@ class GANStep:
         """Run one step; returns the scalars to log (each the mean over the micro-batches).
 
         ``micro_batches``: dicts with ``degraded`` and ``clean`` of shape ``(B, 1, T)`` on the device, and
-        for a conditioned G (``generator.band_gain.condition``) ``family`` and ``shift`` ``(B,)`` int64.
+        for a G that reads them (``generator.band_gain.condition`` or ``detect``) ``family`` and ``shift``
+        ``(B,)`` int64.
         """
         timer = timer or (lambda name: nullcontext())
         logs: dict[str, float] = {}
@@ -139,6 +141,10 @@ class GANStep:
                 with b.autocast():
                     fake = fakes[i] if fakes[i] is not None else self._generate(mb)
                     loss, terms = self.reconstruction(fake, mb["clean"])
+                    auxiliary = self._auxiliary_losses()  # the generator's own parts' losses (detect)
+                    if auxiliary:
+                        loss = loss + sum(auxiliary.values())
+                        terms = {**terms, **auxiliary}
                     if adversarial and (w.adv or w.feat):
                         adv_terms = self.adversarial.generator_losses(fake, mb["clean"], feature_matching=w.feat > 0)
                         loss = loss + w.adv * adv_terms["adv"] + w.feat * adv_terms["feat"]
@@ -147,10 +153,15 @@ class GANStep:
             _accumulate(logs, "train/g", {**terms, "total": loss}, k)
 
     def _generate(self, mb: dict) -> torch.Tensor:
-        """G on a micro-batch's input; a conditioned G is told each crop's shifter family and shift."""
-        if self.conditioned:
+        """G on a micro-batch's input; a G that reads them gets each crop's shifter family and shift."""
+        if self.labelled:
             return self.G(mb["degraded"], mb["family"], mb["shift"])
         return self.G(mb["degraded"])
+
+    def _auxiliary_losses(self) -> dict:
+        """``Generator.auxiliary_losses`` of the G under any wrapper (DDP, DeepSpeed: ``.module``)."""
+        g = getattr(self.G, "module", self.G)
+        return g.auxiliary_losses() if hasattr(g, "auxiliary_losses") else {}
 
     def _clip_and_step(self, net: str, loss: float, step: int) -> float:
         """Clip and step one network, counting skipped steps; returns its gradient norm."""
