@@ -118,3 +118,26 @@ def test_the_loss_teaches_the_encoder_to_tell_inputs_apart():
     assert loss.item() < 0.1 * TINY.detect.weight * math.log(len(CLASSES))
     m(torch.cat([tones, torch.randn(4, 1, 800) * 0.5]))
     assert (m.detection.probabilities(m.last_logits).argmax(1) == labels).all()
+
+
+def test_the_curve_reports_what_the_classifier_names():
+    """``bench.py curve``'s detection with a classifier whose bias says "torchaudio" (probability 1 after
+    softmax of a +50 logit): right on torchaudio's round trips, wrong on the rest; the level-losing
+    probability cannot separate anything (AUC 0.5)."""
+    from types import SimpleNamespace
+
+    from gan.bench.curve import detection
+
+    m = BandGain(TINY)
+    with torch.no_grad():
+        m.detection.head.parametrizations.weight.original0.zero_()
+        m.detection.head.bias.zero_()
+        m.detection.head.bias[CLASSES.index("torchaudio")] = 50.0
+    torch.manual_seed(0)
+    examples = [SimpleNamespace(shifter=name, degraded=torch.randn(800).numpy())
+                for name in ("torchaudio", "wsola", "torchaudio", "none")]
+    report = detection(m, examples)["classifier"]
+    assert report["accuracy"] == {"torchaudio": 1.0, "wsola": 0.0, "none": 0.0}
+    assert report["mean_probability"]["none"]["torchaudio"] == 1.0
+    assert report["mean_probability"]["wsola"]["clean input"] == 0.0
+    assert report["auc_level_losing"] == 0.5

@@ -7,7 +7,8 @@ distance, raw (``model``: output vs input) and beyond level (``beyond``: the out
 the input gain-matched), with the checkpoint's step and wall-clock training time. For a generator
 with band gains, ``detection`` says how well its degradation encoder tells round trips that lost
 level from those that kept it: the mean band gain it applies per shifter (dB) and the AUC of that
-gain separating the phase vocoders' round trips from WSOLA's, Signalsmith's and clean input. ``--plot`` draws
+gain separating the phase vocoders' round trips from WSOLA's, Signalsmith's and clean input; with a
+degradation classifier (``band_gain.detect``), what it names per shifter (``classifier_report``). ``--plot`` draws
 one panel per metric: improvement against training minutes, one line per run and shifter group.
 
     python launch/bench.py curve --runs runs/cpu runs/cpu_wide --plot exp/curve.png
@@ -84,12 +85,40 @@ def detection(band_gain, examples: list, trained: tuple[str, ...] = ()) -> dict:
     from gan.bench.learn import told
 
     gains: dict[str, list[float]] = {}
+    probabilities: dict[str, list[np.ndarray]] = {}
     for ex in examples:
         gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded, told(ex, trained)))
-    losing = [g for name, v in gains.items() if name in LEVEL_LOSING for g in v]
-    kept = [g for name, v in gains.items() if name not in LEVEL_LOSING for g in v]
-    auc = float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
-    return {"auc": auc, "mean_gain_db": {name: round(float(np.mean(v)), 2) for name, v in gains.items()}}
+        if band_gain.detection is not None:  # the classifier's guess from the same pass
+            guess = band_gain.detection.probabilities(band_gain.last_logits)[0]
+            probabilities.setdefault(ex.shifter, []).append(guess)
+
+    def auc(score: dict[str, list[float]]) -> float | None:
+        losing = [g for name, v in score.items() if name in LEVEL_LOSING for g in v]
+        kept = [g for name, v in score.items() if name not in LEVEL_LOSING for g in v]
+        return float(mannwhitneyu(losing, kept).statistic) / (len(losing) * len(kept)) if losing and kept else None
+
+    out = {"auc": auc(gains), "mean_gain_db": {name: round(float(np.mean(v)), 2) for name, v in gains.items()}}
+    if probabilities:
+        out["classifier"] = classifier_report(probabilities, auc)
+    return out
+
+
+def classifier_report(probabilities: dict[str, list], auc) -> dict:
+    """What a degradation classifier (``band_gain.detect``) says per shifter of the examples ("none": clean
+    input): the share of examples whose most probable class is the true one, the mean probability of
+    each class, and the AUC of the summed probability of the level-losing classes separating the
+    phase vocoders' round trips from the rest (as the gain's AUC). ``probabilities``: shifter ->
+    ``(L,)`` tensors in ``generators.detection.CLASSES`` order; ``auc``: ``{shifter: [score]} -> AUC``."""
+    from generators.detection import CLASSES
+
+    truth = {name: CLASSES.index(name) for name in CLASSES[1:]} | {"none": 0}
+    losing = [CLASSES.index(name) for name in LEVEL_LOSING]
+    p = {name: np.stack([t.numpy() for t in v]) for name, v in probabilities.items()}  # (n, L) per shifter
+    return {
+        "accuracy": {name: round(float(np.mean(v.argmax(1) == truth[name])), 3) for name, v in p.items()},
+        "mean_probability": {name: dict(zip(CLASSES, np.round(v.mean(0), 3).tolist())) for name, v in p.items()},
+        "auc_level_losing": auc({name: v[:, losing].sum(1).tolist() for name, v in p.items()}),
+    }
 
 
 def mean_gain_db(band_gain, x: np.ndarray, told: tuple[str, float] | None = None) -> float:
