@@ -109,6 +109,8 @@ def _main(argv=None) -> int:
     failed = 0
     for src, dst in pairs:  # one bad file is reported and the others are still cleaned
         try:
+            if enhancer.detects and not args.shift:
+                print(f"{src}: {guess_line(enhancer.guess(src))}", file=sys.stderr)
             enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet,
                                   told=told)
             if args.write_shifted:
@@ -125,6 +127,13 @@ def _main(argv=None) -> int:
         print(f"error: {failed} of {len(pairs)} files failed (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def guess_line(probabilities: dict[str, float], top: int = 3) -> str:
+    """``Enhancer.guess``'s probabilities -> 'the model takes it for a torchaudio round trip 68%, ...'."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])[:top]
+    names = [name if name == "clean input" else f"a {name} round trip" for name, _ in ranked]
+    return "the model takes it for " + ", ".join(f"{n} {p:.0%}" for n, (_, p) in zip(names, ranked))
 
 
 def main(argv=None) -> int:

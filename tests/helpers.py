@@ -177,10 +177,12 @@ class StubDiscriminatorConfig:
 TINY_DAC = to_dict(tiny_dac_unet())
 
 
-def write_checkpoint(run_dir, generator: dict, step: int = 7, seed: int = 0, identity: bool = False):
-    """A run directory in the trainer's layout: config.yaml + generator.pt under checkpoints/step_X."""
+def write_checkpoint(run_dir, generator: dict, step: int = 7, seed: int = 0, identity: bool = False,
+                     data: dict | None = None):
+    """A run directory in the trainer's layout: config.yaml + generator.pt under checkpoints/step_X;
+    ``data``: more fields of the config's data section."""
     cfg = config_from_dict({
-        "data": {"audio_dir": "data/demo", "cache_dir": "cache/x", "segment_length": 1024},
+        "data": {"audio_dir": "data/demo", "cache_dir": "cache/x", "segment_length": 1024, **(data or {})},
         "generator": generator, "discriminators": [{"name": "test_disc"}], "trainer": {"max_steps": 10}})
     torch.manual_seed(seed)
     model = generators.build_generator(cfg.generator)
