@@ -132,8 +132,6 @@ class BandGain(nn.Module):
             self.to_gain[-1].bias.zero_()
         self.condition = Condition(cfg.condition, c) if cfg.condition is not None else None
         self.detection = Detection(cfg.detect, c) if cfg.detect is not None else None
-        self._auxiliary: dict[str, torch.Tensor] = {}
-        self.last_logits: torch.Tensor | None = None  # (B, L, F): the detector's latest guess (with ``detect``)
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         with torch.device("cpu"):  # computed with checks on its values, also when the model is built on "meta"
             weights = band_weights(cfg.n_fft, cfg.n_bands)
@@ -163,38 +161,49 @@ class BandGain(nn.Module):
         log_mag = [torch.log(mag + 1e-5) / 4] if self.cfg.magnitude else []
         return torch.stack(log_mag + phase_steps, dim=1)
 
-    def log_gains(self, spec: torch.Tensor, family: torch.Tensor | None = None,
-                  shift: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log); ``family``, ``shift`` ``(B,)``:
-        the known round trip of each row, read by ``condition`` (condition.py) as input and by ``detect``
-        (detection.py) as the target of its loss (``auxiliary_losses``); ignored without either."""
+    def encode(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, K, F)`` complex -> the local embedding and its pooled context, both ``(B, C, F)``."""
         h = self.encoder(self.features(spec))  # (B, C, rows, F)
         h = self.to_frames(h.flatten(1, 2))  # (B, C, F)
         n = self.cfg.context_frames
         context = F.avg_pool1d(h, 2 * n + 1, stride=1, padding=n, count_include_pad=False) if n else h
-        if self.detection is not None:
-            self.last_logits = self.detection(context)
-            self._auxiliary = {} if family is None else {"detect": self.detection.loss(self.last_logits, family)}
+        return h, context
+
+    def log_gains(self, spec: torch.Tensor, family: torch.Tensor | None = None,
+                  shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, K, F)`` complex -> band log-gains ``(B, N, F)`` (natural log); ``family``, ``shift`` ``(B,)``:
+        the known round trip of each row (``condition.py``; ignored without ``condition``)."""
+        return self._gains(*self.encode(spec), family, shift)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, T)`` -> the degradation classifier's logits ``(B, L, F)`` (``detection.py``; ValueError
+        without ``detect``)."""
+        if self.detection is None:
+            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
+        return self.detection(self.encode(self.stft(x))[1])
+
+    def _gains(self, h: torch.Tensor, context: torch.Tensor, family: torch.Tensor | None,
+               shift: torch.Tensor | None) -> torch.Tensor:
         if self.condition is not None:
             context = context + self.condition(len(h), family, shift)[:, :, None].to(context.dtype)
         g = self.to_gain(torch.cat([h, context], dim=1))  # (B, N, F)
         limit = self.cfg.max_gain_db * math.log(10) / 20
         return limit * torch.tanh(g / limit)
 
-    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                classify: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1, T) -> (B, 1, T)``; with ``classify``, also the classifier's logits ``(B, L, F)`` from the same
+        encoding (ValueError without ``detect``)."""
+        if classify and self.detection is None:
+            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
         spec = self.stft(x)
-        g = self.log_gains(spec, family, shift)
+        h, context = self.encode(spec)
+        g = self._gains(h, context, family, shift)
         gain = torch.exp(torch.einsum("kn,bnf->bkf", self.weights, g))  # (B, K, F)
         correction = torch.istft(spec * (gain - 1), self.cfg.n_fft, self.cfg.hop, window=self.window,
                                  center=True, length=x.shape[-1])
-        return x + correction[:, None].to(x.dtype)
-
-    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
-        """The losses of the last forward that was given labels (``detect``: ``{"detect": scalar}``), once:
-        a second call returns ``{}``."""
-        losses, self._auxiliary = self._auxiliary, {}
-        return losses
+        y = x + correction[:, None].to(x.dtype)
+        return (y, self.detection(context)) if classify else y
 
     def frames_radius(self) -> int:
         """Frames on each side that one frame's gain depends on (conv kernels and the context mean)."""

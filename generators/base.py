@@ -18,7 +18,30 @@ from .receptive import Span, conv_span, receptive_field, repeat_span, union
 
 
 class Generator(nn.Module):
-    """Subclasses set ``self.cfg`` (with ``total_stride`` and the U-Net's own ``unet_stride``) and implement ``forward`` and ``input_span``."""
+    """Subclasses set ``self.cfg`` (with ``total_stride`` and the U-Net's own ``unet_stride``) and implement
+    ``restore`` (the network after the band gains) and ``input_span``."""
+
+    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                classify: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1, T) -> (B, 1, T)``: band gains first (when the config has them), then ``restore``.
+
+        ``family``, ``shift`` ``(B,)``: what was done to each input when known, read by a conditioned
+        encoder (``band_gain.condition``). ``classify``: also return the degradation classifier's
+        logits ``(B, L, F)`` (``band_gain.detect``; ValueError without one), so that its loss is part of
+        what the forward returned (DDP follows the outputs to the parameters that get gradients).
+        """
+        logits = None
+        if self.band_gain is not None:
+            x = self.band_gain(x, family, shift, classify=classify)  # the U-Net corrects what they leave
+            if classify:
+                x, logits = x
+        elif classify:
+            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
+        y = self.restore(x)
+        return (y, logits) if classify else y
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def input_span(self, s: Span) -> Span:
         """Input samples that output samples ``s`` depend on (signal boundaries ignored)."""
@@ -39,11 +62,6 @@ class Generator(nn.Module):
         """Band gains from a degradation encoder in front of the network (``generators/band_gain.py``);
         ``cfg`` None: none. The network then corrects, and passes on, the band-gained input."""
         self.band_gain = BandGain(cfg) if cfg is not None else None
-
-    def auxiliary_losses(self) -> dict[str, torch.Tensor]:
-        """Losses of the last labelled forward that belong to the generator's own parts, by name (weighted
-        scalars, to add to its reconstruction loss); ``{}`` when it has none."""
-        return self.band_gain.auxiliary_losses() if self.band_gain is not None else {}
 
     def band_gain_span(self, s: Span, out: Span) -> Span:
         """Span on the input of a span ``s`` on the band-gained input, for output span ``out``."""

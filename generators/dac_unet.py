@@ -106,13 +106,10 @@ class DacUNet(Generator):
         if cfg.gain_path:
             self.build_gain_path(widths[-1], WNConv1d(widths[-1], 1, kernel_size=3, padding=1))
 
-    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
-        """``family``, ``shift`` ``(B,)``: what was done to each input when known (``band_gain.condition``)."""
+    def restore(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+        """The U-Net (with its gain path and residual output) on the band-gained input (``Generator.forward``)."""
         length = x.shape[-1]
         p = self.cfg.patch_size
-        if self.band_gain is not None:
-            x = self.band_gain(x, family, shift)  # band gains first; the U-Net corrects what they leave
         h = F.pad(x, (0, -length % self.cfg.total_stride))
         h = rearrange(h, "b 1 (t p) -> b p t", p=p)  # patching: P consecutive samples -> P channels
         h = self.stem(h)  # -> (B, C0, L0)

@@ -3,21 +3,20 @@
 The band gains are only as good as the encoder's guess of the round trip (a phase vocoder
 lost level, a time-domain shifter or clean input did not), and the reconstruction loss
 teaches that guess only through the gains it leads to. This module gives the guess its
-own supervised signal: a classifier on the encoder's pooled context, trained with the
-round trip each crop went through (the training data's ``family`` labels):
+own supervised signal: a classifier on the encoder's pooled context,
 
-    context (B, C, F) -> conv 1x1 -> logits (B, L, F)   L = 1 + len(FAMILIES) classes
-    labels (B,): 0 = clean input, i = FAMILIES[i - 1]   (``gan.data.loader.SHIFTER_LABELS``)
-    loss = weight * cross-entropy(logits, labels), the mean over rows and frames
+    context (B, C, F) -> conv 1x1 -> logits (B, L, F)   L = len(CLASSES) = 1 + len(FAMILIES)
+    classes: 0 = clean input, i = FAMILIES[i - 1]       (the data's labels, ``gan.data.loader.SHIFTER_LABELS``)
 
-The model stays blind: the labels are targets during training, never inputs, so it reads
-nothing a user has to know. Supervising the degradation representation of a blind
-restoration network with the degradation's class is the explicit form of the
-degradation-aware encoders of blind super-resolution (Wang et al. 2021, DASR, learn it by
-contrast instead; Li et al. 2022, AirNet, likewise); here it is an auxiliary loss of the
-generator (``Generator.auxiliary_losses``), so the trainer needs nothing else. Label 0 must
-mean clean input: the data may not hide labels (``data.unknown_fraction: 0``) or remix
-crops (``data.remix_fraction: 0``); the config refuses otherwise.
+trained by the cross-entropy with the round trip each crop went through
+(``gan.losses.detection``, weight ``loss_weights.detect``; the G step asks the generator for
+the logits with ``classify=True``). The model stays blind: the labels are targets during
+training, never inputs, so it reads nothing a user has to know. Supervising the
+degradation representation of a blind restoration network with the degradation's class is
+the explicit form of the degradation-aware encoders of blind super-resolution (Wang et al.
+2021, DASR, learn it by contrast instead). Class 0 must mean clean input: the data may not
+hide labels (``data.unknown_fraction: 0``) or remix crops (``data.remix_fraction: 0``); the
+config refuses otherwise.
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .condition import FAMILIES
 from .layers import weight_normed
@@ -35,12 +33,8 @@ CLASSES = ("clean input",) + FAMILIES  # the classifier's outputs, in the order 
 
 @dataclass
 class DetectionConfig:
-    """``generator.band_gain.detect``: present (``{}``) = the encoder is also trained to classify its input."""
-    weight: float = 1.0  # of the cross-entropy, against the reconstruction loss (mel weight 15 in cpu.yaml)
-
-    def __post_init__(self):
-        if not self.weight > 0:
-            raise ValueError(f"band_gain.detect.weight: {self.weight} must be > 0")
+    """``generator.band_gain.detect``: present (``{}``) = the encoder also feeds a classifier of the round trip,
+    trained with weight ``loss_weights.detect``."""
 
 
 def detecting(cfg_generator) -> bool:
@@ -50,7 +44,7 @@ def detecting(cfg_generator) -> bool:
 
 
 class Detection(nn.Module):
-    """``context (B, C, F)`` -> logits ``(B, len(CLASSES), F)``; ``loss`` scores them against labels."""
+    """``context (B, C, F)`` -> logits ``(B, len(CLASSES), F)``."""
 
     def __init__(self, cfg: DetectionConfig, channels: int):
         super().__init__()
@@ -59,16 +53,6 @@ class Detection(nn.Module):
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         return self.head(context)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``logits (B, L, F)``, ``labels (B,)`` int64 in ``[0, L)`` -> ``weight`` x the mean cross-entropy
-        (nats) over rows and frames; ValueError for a label outside the classes."""
-        labels = labels.to(logits.device).long().view(-1)
-        if labels.numel() != len(logits) or labels.min() < 0 or labels.max() >= logits.shape[1]:
-            raise ValueError(f"detect: {labels.numel()} labels in [0, {logits.shape[1]}) expected for a batch "
-                             f"of {len(logits)}, got {labels.tolist()}")
-        target = labels[:, None].expand(-1, logits.shape[-1])  # (B, F): one round trip per crop
-        return self.cfg.weight * F.cross_entropy(logits.float(), target)
 
     @torch.no_grad()
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

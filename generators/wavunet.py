@@ -112,12 +112,9 @@ class WavUNet(Generator):
         if cfg.gain_path:  # see generators/base.py
             self.build_gain_path(w[n], _conv(cfg, w[n], 1, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, family: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
-        """``family``, ``shift`` ``(B,)``: what was done to each input when known (``band_gain.condition``)."""
+    def restore(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+        """The U-Net (with its gain path and residual output) on the band-gained input (``Generator.forward``)."""
         length = x.shape[-1]
-        if self.band_gain is not None:
-            x = self.band_gain(x, family, shift)  # band gains first; the U-Net corrects what they leave
         h = self.stem(F.pad(x, (0, -length % self.cfg.total_stride)))  # (B, W0, T')
         skips = []
         for enc, down in zip(self.enc, self.downs):

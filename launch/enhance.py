@@ -109,8 +109,9 @@ def _main(argv=None) -> int:
     failed = 0
     for src, dst in pairs:  # one bad file is reported and the others are still cleaned
         try:
-            if enhancer.detects and not args.shift:
-                print(f"{src}: {guess_line(enhancer.guess(src))}", file=sys.stderr)
+            guess = enhancer.guess(src) if enhancer.detects and not args.shift else None
+            if guess is not None:
+                print(f"{src}: {guess_line(guess)}", file=sys.stderr)
             enhancer.enhance_file(src, dst, shift=args.shift, subtype=args.subtype, progress=not args.quiet,
                                   told=told)
             if args.write_shifted:

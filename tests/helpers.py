@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +44,7 @@ def run_launch(cmd: list[str], fresh: tuple[Path, ...] = (), **kwargs) -> subpro
     2-core machine), run it once more on a fresh port with the folders ``fresh`` removed first."""
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0 and GLOO_ABORT in proc.stdout + proc.stderr:
+        warnings.warn(f"a rank aborted ({GLOO_ABORT}); running once more: {' '.join(map(str, cmd[-4:]))}")
         for folder in fresh:
             shutil.rmtree(folder, ignore_errors=True)
         cmd = list(cmd)

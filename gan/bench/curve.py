@@ -88,9 +88,8 @@ def detection(band_gain, examples: list, trained: tuple[str, ...] = ()) -> dict:
     probabilities: dict[str, list[np.ndarray]] = {}
     for ex in examples:
         gains.setdefault(ex.shifter, []).append(mean_gain_db(band_gain, ex.degraded, told(ex, trained)))
-        if band_gain.detection is not None:  # the classifier's guess from the same pass
-            guess = band_gain.detection.probabilities(band_gain.last_logits)[0]
-            probabilities.setdefault(ex.shifter, []).append(guess)
+        if band_gain.detection is not None:  # what the classifier takes it for
+            probabilities.setdefault(ex.shifter, []).append(classified(band_gain, ex.degraded))
 
     def auc(score: dict[str, list[float]]) -> float | None:
         losing = [g for name, v in score.items() if name in LEVEL_LOSING for g in v]
@@ -132,6 +131,15 @@ def mean_gain_db(band_gain, x: np.ndarray, told: tuple[str, float] | None = None
     with torch.inference_mode():
         spec = band_gain.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None])
         return 20 / np.log(10) * float(band_gain.log_gains(spec, *labels).mean())
+
+
+def classified(band_gain, x: np.ndarray) -> "torch.Tensor":
+    """The degradation classifier's class probabilities ``(L,)`` for the signal ``x`` ``(T,)`` float32."""
+    import torch
+
+    with torch.inference_mode():
+        logits = band_gain.classify(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None])
+        return band_gain.detection.probabilities(logits)[0]
 
 
 def _group(scores: dict, metric: str, kind: str, names) -> float:

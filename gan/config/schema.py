@@ -112,6 +112,7 @@ class LossWeights:
     lsd: float = 0.0  # multi-resolution log-spectral distance (gan.losses.reconstruction.LogSpectralLoss)
     feat: float = 2.0
     adv: float = 1.0
+    detect: float = 1.0  # the degradation classifier's cross-entropy (with generator.band_gain.detect only)
 
 
 @dataclass
@@ -305,7 +306,10 @@ class Config:
         if self.data.val_segment_seconds * self.data.sample_rate < self.data.segment_length:
             raise ConfigError("data.val_segment_seconds: validation crops must be at least segment_length long")
         band_gain = getattr(self.generator, "band_gain", None)
-        if band_gain is not None and band_gain.detect is not None and (self.data.unknown_fraction
-                                                                        or self.data.remix_fraction):
-            raise ConfigError("generator.band_gain.detect: the classifier's label 0 is clean input, so the data "
-                              "may not hide or mix labels; set data.unknown_fraction=0 and data.remix_fraction=0")
+        if band_gain is not None and band_gain.detect is not None:
+            if self.data.unknown_fraction or self.data.remix_fraction:
+                raise ConfigError("generator.band_gain.detect: the classifier's label 0 is clean input, so the data "
+                                  "may not hide or mix labels; set data.unknown_fraction=0 and data.remix_fraction=0")
+            if not self.loss_weights.detect > 0:
+                raise ConfigError("loss_weights.detect: must be > 0 with generator.band_gain.detect (it trains the "
+                                  "classifier); or leave detect out")

@@ -157,6 +157,11 @@ def audio_info(path: str | Path, note: Callable[[str], None] = _stderr) -> Audio
                      int(header.frames), peak)
 
 
+def audio_rate(path: str | Path) -> int:
+    """The file's sample rate (Hz) from its header; AudioError naming a file that cannot be read."""
+    return int(_header(path).samplerate)
+
+
 def read_audio(path: str | Path, start: int = 0, stop: int | None = None,
                note: Callable[[str], None] = _stderr) -> tuple[np.ndarray, int]:
     """Decode frames ``[start, stop)`` (default: all) -> (float32 ``(C, T)``, sample rate in Hz).

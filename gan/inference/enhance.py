@@ -42,7 +42,8 @@ import soundfile as sf
 import torch
 
 from gan.data.recipe import MAX_PEAK
-from gan.dsp.audio import AudioError, audio_blocks, audio_info, find_audio_files, read_audio, resample, to_mono
+from gan.dsp.audio import (AudioError, audio_blocks, audio_info, audio_rate, find_audio_files, read_audio,
+                           resample, to_mono)
 from gan.dsp.chunking import chunked_map, resample_blocks, round_up, tensor_blocks
 from gan.dsp.shifters import MODEL_RATE, apply_shift, trained_shifters
 from gan.dsp.stream import stream_shift
@@ -121,20 +122,23 @@ class Enhancer:
         return detecting(self.cfg.generator)
 
     @torch.inference_mode()
-    def guess(self, src: str | Path, seconds: float = 30.0) -> dict[str, float]:
+    def guess(self, src: str | Path, seconds: float = 30.0) -> dict[str, float] | None:
         """What the degradation classifier takes a file for: ``{class: probability}`` over
         ``generators.detection.CLASSES``, the mean over the frames of the file's first ``seconds``
-        mixed to mono at 48 kHz. A guess from recordings like the training audio, not a measurement
-        (``bench.py curve`` reports its accuracy on held-out recordings). ValueError for a model without
-        a classifier; AudioError for a file that cannot be read."""
+        mixed to mono at 48 kHz; None for a file too short to guess (under half an encoder window,
+        ``band_gain.n_fft / 2`` samples at 48 kHz). A guess from recordings like the training audio,
+        not a measurement (``bench.py curve`` reports its accuracy on held-out recordings). ValueError
+        for a model without a classifier; AudioError for a file that cannot be read."""
         if not self.detects:
             raise ValueError("this model has no degradation classifier (generator.band_gain.detect)")
-        x, rate = read_audio(src, 0, int(seconds * 192000))  # enough of a file at any rate up to 192 kHz
-        x = x[:, : int(seconds * rate)]
+        rate = audio_rate(src)
+        x, _ = read_audio(src, 0, math.ceil(seconds * rate))
         x = torch.from_numpy(np.ascontiguousarray(resample(to_mono(x), rate, MODEL_RATE), dtype=np.float32))
         band_gain = self.model.band_gain
-        band_gain.log_gains(band_gain.stft(x.reshape(1, 1, -1).to(self.device)))
-        return dict(zip(CLASSES, band_gain.detection.probabilities(band_gain.last_logits)[0].tolist()))
+        if len(x) <= band_gain.cfg.n_fft // 2:  # the centred STFT's reflection padding needs more
+            return None
+        logits = band_gain.classify(x.reshape(1, 1, -1).to(self.device))
+        return dict(zip(CLASSES, band_gain.detection.probabilities(logits)[0].tolist()))
 
     @torch.inference_mode()
     def _generate(self, x: torch.Tensor, label: tuple[int, float] = (UNKNOWN, 0.0)) -> torch.Tensor:

@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from gan.errors import UnshiftError
+from gan.losses.detection import DetectionLoss
 from generators.condition import conditioned
 from generators.detection import detecting
 
@@ -75,7 +76,8 @@ class GANStep:
         self.reconstruction, self.adversarial, self.ema = reconstruction, adversarial, ema
         self.nonfinite = {"g": 0, "d": 0}  # consecutive skipped steps per network
         self.skipped_total = {"g": 0, "d": 0}
-        self.labelled = conditioned(cfg.generator) or detecting(cfg.generator)  # G reads family and shift
+        self.conditioned = conditioned(cfg.generator)  # G reads family and shift
+        self.detection = DetectionLoss() if detecting(cfg.generator) else None  # G also classifies its input
 
     def state_dict(self) -> dict:
         return {"nonfinite": dict(self.nonfinite), "skipped_total": dict(self.skipped_total)}
@@ -89,8 +91,8 @@ class GANStep:
         """Run one step; returns the scalars to log (each the mean over the micro-batches).
 
         ``micro_batches``: dicts with ``degraded`` and ``clean`` of shape ``(B, 1, T)`` on the device, and
-        for a G that reads them (``generator.band_gain.condition`` or ``detect``) ``family`` and ``shift``
-        ``(B,)`` int64.
+        for a G that reads or predicts them (``generator.band_gain.condition``, ``detect``) ``family`` and
+        ``shift`` ``(B,)`` int64.
         """
         timer = timer or (lambda name: nullcontext())
         logs: dict[str, float] = {}
@@ -123,10 +125,11 @@ class GANStep:
         for i, mb in enumerate(micro_batches):
             with b.autocast():
                 if k == 1:
-                    fake = fakes[i] = self._generate(mb)  # (B, 1, T), reused by the G step
+                    fakes[i] = self._generate(mb)  # (B, 1, T) and the logits, reused by the G step
+                    fake = fakes[i][0]
                 else:  # with accumulation, fakes come from no-grad G passes
                     with torch.no_grad():
-                        fake = self._generate(mb)
+                        fake = self._generate(mb)[0]
             with b.no_sync(self.D, i < k - 1):
                 with b.autocast():
                     d_loss, d_terms = self.adversarial.discriminator_loss(fake.detach(), mb["clean"])
@@ -139,12 +142,12 @@ class GANStep:
         for i, mb in enumerate(micro_batches):
             with b.no_sync(self.G, i < k - 1):
                 with b.autocast():
-                    fake = fakes[i] if fakes[i] is not None else self._generate(mb)
+                    fake, logits = fakes[i] if fakes[i] is not None else self._generate(mb)
                     loss, terms = self.reconstruction(fake, mb["clean"])
-                    auxiliary = self._auxiliary_losses()  # the generator's own parts' losses (detect)
-                    if auxiliary:
-                        loss = loss + sum(auxiliary.values())
-                        terms = {**terms, **auxiliary}
+                    if logits is not None:
+                        detect = self.detection(logits, mb["family"], mb["degraded"])
+                        loss = loss + w.detect * detect
+                        terms = {**terms, "detect": detect.detach()}
                     if adversarial and (w.adv or w.feat):
                         adv_terms = self.adversarial.generator_losses(fake, mb["clean"], feature_matching=w.feat > 0)
                         loss = loss + w.adv * adv_terms["adv"] + w.feat * adv_terms["feat"]
@@ -152,16 +155,13 @@ class GANStep:
                 b.backward(self.G, loss / k, last=i == k - 1)
             _accumulate(logs, "train/g", {**terms, "total": loss}, k)
 
-    def _generate(self, mb: dict) -> torch.Tensor:
-        """G on a micro-batch's input; a G that reads them gets each crop's shifter family and shift."""
-        if self.labelled:
-            return self.G(mb["degraded"], mb["family"], mb["shift"])
-        return self.G(mb["degraded"])
-
-    def _auxiliary_losses(self) -> dict:
-        """``Generator.auxiliary_losses`` of the G under any wrapper (DDP, DeepSpeed: ``.module``)."""
-        g = getattr(self.G, "module", self.G)
-        return g.auxiliary_losses() if hasattr(g, "auxiliary_losses") else {}
+    def _generate(self, mb: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """G on a micro-batch's input -> ``(B, 1, T)`` and the classifier's logits ``(B, L, F)`` (None without
+        one); a conditioned G is told each crop's shifter family and shift."""
+        labels = (mb["family"], mb["shift"]) if self.conditioned else ()
+        if self.detection is not None:
+            return self.G(mb["degraded"], *labels, classify=True)
+        return self.G(mb["degraded"], *labels), None
 
     def _clip_and_step(self, net: str, loss: float, step: int) -> float:
         """Clip and step one network, counting skipped steps; returns its gradient norm."""
