@@ -309,8 +309,25 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tiny_data, tmp_pat
     assert not changed(g, tr.accelerator.unwrap_model(tr.G)) and not changed(d, tr.accelerator.unwrap_model(tr.D))
     assert "initialised the generator and discriminator from" in capsys.readouterr().err
     tr.close()
-    with pytest.raises(CheckpointError, match="its generator weights do not fit"):
+    with pytest.raises(CheckpointError, match="its generator weights do not fit .*size mismatch for"):
         Trainer(config_from_dict(tiny_dict(*tiny_data), ["generator.channels=8"]), tmp_path / "c", progress=False,
+                init_from=tmp_path / "a")
+
+
+def test_init_from_adds_a_classifier_or_a_conditioning_fresh(tiny_data, tmp_path, capsys):
+    base = ["generator.residual=true", "generator.output_activation=none", "data.unknown_fraction=0"]
+    tr = make_trainer(tiny_data, tmp_path / "a", overrides=[*base, "generator.band_gain={}"], max_steps=1)
+    tr.train()
+    g = params(tr.accelerator.unwrap_model(tr.G))
+    tr.close()
+    tr = Trainer(config_from_dict(tiny_dict(*tiny_data), [*base, "generator.band_gain={detect: {}}"]),
+                 tmp_path / "b", progress=False, init_from=tmp_path / "a")
+    tuned = tr.accelerator.unwrap_model(tr.G)
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in g.items())
+    assert "new in this generator: band_gain.detection, started fresh" in capsys.readouterr().err
+    tr.close()
+    with pytest.raises(CheckpointError, match=r"1[0-9]* missing or unexpected, e.g. band_gain\."):
+        Trainer(config_from_dict(tiny_dict(*tiny_data), base), tmp_path / "c", progress=False,
                 init_from=tmp_path / "a")
 
 

@@ -194,12 +194,17 @@ def check_compatible(state: dict, cfg: Config, path: Path) -> None:
                               f"{names}; keep optim.*.name as in that run or start a new --run-dir")
 
 
+# generator parts a config may add to a trained model when fine-tuning: they start as a fresh model's do
+ADDABLE_PARTS = ("band_gain.condition.", "band_gain.detection.")
+
+
 def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) -> None:
     """Load G (and D, when its weights are there) from a run or step directory of another run.
 
     Weights come from Accelerate's ``model.safetensors`` (G) and ``model_1.safetensors`` (D),
-    else G from ``generator.pt`` and D stays fresh. Raises ``CheckpointError`` when a
-    network's weights do not fit its config here.
+    else G from ``generator.pt`` and D stays fresh. Parts of ``ADDABLE_PARTS`` this config has and the
+    other run had not (a conditioning or a classifier added for fine-tuning) start fresh, with a note.
+    Raises ``CheckpointError`` when a network's weights do not fit its config here otherwise.
     """
     step = resolve_resume(path, str(path), option="--init-from")
     sources = [(g, "generator", step / "model.safetensors"), (d, "discriminator", step / "model_1.safetensors")]
@@ -210,9 +215,18 @@ def load_init_weights(g: torch.nn.Module, d: torch.nn.Module, path: str | Path) 
             continue
         state = read_safetensors(file) if file.suffix == ".safetensors" else read_generator_file(file)["state_dict"]
         try:
-            net.load_state_dict(strip_wrapper_prefixes(state))
-        except RuntimeError as e:
+            keys = net.load_state_dict(strip_wrapper_prefixes(state), strict=False)
+        except RuntimeError as e:  # a tensor of another shape
+            detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), first_line(e))
             raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
-                                  f"({first_line(e)[:160]})") from None
+                                  f"({detail[:160]})") from None
+        fresh = [k for k in keys.missing_keys if k.startswith(ADDABLE_PARTS)]
+        misfits = [k for k in keys.missing_keys if k not in fresh] + list(keys.unexpected_keys)
+        if misfits:
+            raise CheckpointError(f"--init-from {path}: its {name} weights do not fit this config's {name} "
+                                  f"({len(misfits)} missing or unexpected, e.g. {misfits[0]})")
+        if fresh:
+            parts = [part.rstrip(".") for part in ADDABLE_PARTS if any(k.startswith(part) for k in fresh)]
+            log.info("new in this %s: %s, started fresh (not in %s)", name, " and ".join(parts), step)
     loaded = " and ".join(name for _, name, file in sources if file.is_file())
     log.info("initialised the %s from %s; optimizer and schedules start fresh", loaded, step)
