@@ -75,8 +75,8 @@ class BandGainConfig:
         if self.channels < 1 or self.context_seconds < 0 or self.max_gain_db <= 0:
             raise ValueError("band_gain: channels >= 1, context_seconds >= 0 and max_gain_db > 0")
         if self.condition is not None and self.detect is not None:
-            raise ValueError("band_gain: condition and detect both read the data's family labels (as input, as "
-                             "target); use one")
+            raise ValueError("condition and detect both read the data's family labels (as input, as target); "
+                             "use one")
 
     @property
     def context_frames(self) -> int:

@@ -307,9 +307,10 @@ class Config:
             raise ConfigError("data.val_segment_seconds: validation crops must be at least segment_length long")
         band_gain = getattr(self.generator, "band_gain", None)
         if band_gain is not None and band_gain.detect is not None:
-            if self.data.unknown_fraction or self.data.remix_fraction:
-                raise ConfigError("generator.band_gain.detect: the classifier's label 0 is clean input, so the data "
-                                  "may not hide or mix labels; set data.unknown_fraction=0 and data.remix_fraction=0")
+            hiding = [f"data.{name}=0" for name in ("unknown_fraction", "remix_fraction") if getattr(self.data, name)]
+            if hiding:
+                raise ConfigError(f"generator.band_gain.detect: set {' and '.join(hiding)}; the classifier learns each "
+                                  "crop's true round trip (label 0: clean input), so no label may be hidden or mixed")
             if not self.loss_weights.detect > 0:
                 raise ConfigError("loss_weights.detect: must be > 0 with generator.band_gain.detect (it trains the "
                                   "classifier); or leave detect out")
