@@ -46,7 +46,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from .condition import Condition, ConditionConfig
-from .detection import Detection, DetectionConfig
+from .detection import NO_CLASSIFIER, Detection, DetectionConfig
 from .layers import weight_normed
 from .receptive import Span
 
@@ -178,9 +178,12 @@ class BandGain(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, T)`` -> the degradation classifier's logits ``(B, L, F)`` (``detection.py``; ValueError
         without ``detect``)."""
+        return self._classifier()(self.encode(self.stft(x))[1])
+
+    def _classifier(self) -> Detection:
         if self.detection is None:
-            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
-        return self.detection(self.encode(self.stft(x))[1])
+            raise ValueError(f"classify: {NO_CLASSIFIER}")
+        return self.detection
 
     def _gains(self, h: torch.Tensor, context: torch.Tensor, family: torch.Tensor | None,
                shift: torch.Tensor | None) -> torch.Tensor:
@@ -194,8 +197,7 @@ class BandGain(nn.Module):
                 classify: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(B, 1, T) -> (B, 1, T)``; with ``classify``, also the classifier's logits ``(B, L, F)`` from the same
         encoding (ValueError without ``detect``)."""
-        if classify and self.detection is None:
-            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
+        classifier = self._classifier() if classify else None
         spec = self.stft(x)
         h, context = self.encode(spec)
         g = self._gains(h, context, family, shift)
@@ -203,7 +205,7 @@ class BandGain(nn.Module):
         correction = torch.istft(spec * (gain - 1), self.cfg.n_fft, self.cfg.hop, window=self.window,
                                  center=True, length=x.shape[-1])
         y = x + correction[:, None].to(x.dtype)
-        return (y, self.detection(context)) if classify else y
+        return (y, classifier(context)) if classify else y
 
     def frames_radius(self) -> int:
         """Frames on each side that one frame's gain depends on (conv kernels and the context mean)."""

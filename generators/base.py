@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .band_gain import BandGain, BandGainConfig
+from .detection import NO_CLASSIFIER
 from .receptive import Span, conv_span, receptive_field, repeat_span, union
 
 
@@ -36,7 +37,7 @@ class Generator(nn.Module):
             if classify:
                 x, logits = x
         elif classify:
-            raise ValueError("classify: this generator has no degradation classifier (generator.band_gain.detect)")
+            raise ValueError(f"classify: {NO_CLASSIFIER}")
         y = self.restore(x)
         return (y, logits) if classify else y
 

@@ -29,6 +29,7 @@ from .condition import FAMILIES
 from .layers import weight_normed
 
 CLASSES = ("clean input",) + FAMILIES  # the classifier's outputs, in the order of the data's labels
+NO_CLASSIFIER = "this generator has no degradation classifier (generator.band_gain.detect)"
 
 
 @dataclass

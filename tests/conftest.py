@@ -20,6 +20,15 @@ import generators  # noqa: E402
 from gan.config import config_from_dict  # noqa: E402
 from gan.dsp.audio import read_audio, to_mono, write_audio  # noqa: E402
 from helpers import StubDiscriminatorConfig, Toy, ToyConfig, tiny_dict  # noqa: E402
+from tiny_configs import single_thread  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module, the count restored after it (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): tiny models run fastest so, and trainers may change it."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ import generators
 from gan.config import load_config
 from generators.band_gain import BandGain, BandGainConfig, band_weights
 from helpers import assert_chunked_equals_whole, enhancer
-from tiny_configs import single_thread, tiny_dac_unet, tiny_wavunet
+from tiny_configs import tiny_band_gain, tiny_dac_unet, tiny_wavunet
 
-TINY_BAND = BandGainConfig(n_fft=64, hop=16, n_bands=6, channels=4, context_seconds=6 * 16 / 48000)
+TINY_BAND = tiny_band_gain()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("n_fft, n_bands", [(1024, 32), (64, 6), (2048, 80)])

@@ -11,21 +11,17 @@ import torch
 
 from gan.data.loader import SHIFTER_LABELS, TrainStream
 from gan.dsp.shifters import SHIFTERS
-from generators.band_gain import BandGain, BandGainConfig
+from generators.band_gain import BandGain
 from generators.condition import FAMILIES, UNKNOWN, Condition, ConditionConfig, family_index
 from generators.dac_unet import DacUNet
 from helpers import assert_chunked_equals_whole, enhancer
 from test_data import SHIFTS, cfg_for, write_cache
-from tiny_configs import single_thread, tiny_dac_unet
+from tiny_configs import tiny_band_gain, tiny_dac_unet
 
-TINY = BandGainConfig(n_fft=64, hop=16, n_bands=6, channels=4, context_seconds=6 * 16 / 48000,
-                      condition=ConditionConfig())
+TINY = tiny_band_gain(condition=ConditionConfig())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_condition(m: BandGain) -> BandGain:
@@ -48,7 +44,7 @@ def test_labels_follow_the_shifter_registry():
 
 def test_an_untrained_condition_changes_nothing():
     torch.manual_seed(0)
-    plain = BandGain(BandGainConfig(**{**TINY.__dict__, "condition": None}))
+    plain = BandGain(tiny_band_gain())
     m = BandGain(TINY)
     m.load_state_dict(plain.state_dict(), strict=False)
     with torch.no_grad():  # a trained encoder, an untrained condition

@@ -14,16 +14,12 @@ from generators.band_gain import BandGain, BandGainConfig
 from gan.losses.detection import DetectionLoss
 from generators.detection import CLASSES, Detection, DetectionConfig, detecting
 from helpers import make_trainer
-from tiny_configs import single_thread
+from tiny_configs import tiny_band_gain
 
-TINY = BandGainConfig(n_fft=64, hop=16, n_bands=6, channels=4, context_seconds=6 * 16 / 48000,
-                      detect=DetectionConfig())
+TINY = tiny_band_gain(detect=DetectionConfig())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classes_are_the_data_labels():
@@ -54,7 +50,7 @@ def test_the_audio_path_stays_blind():
     """The classifier is a head on the context: with the same weights the output equals a band gain
     without it; ``classify`` returns its logits from the same encoding, as ``BandGain.classify`` does."""
     torch.manual_seed(0)
-    plain = BandGain(BandGainConfig(**{**TINY.__dict__, "detect": None}))
+    plain = BandGain(tiny_band_gain())
     m = BandGain(TINY)
     missing = m.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith("detection.") for k in missing)

@@ -13,16 +13,12 @@ import discriminators
 from discriminators import MPDConfig, MRDConfig, MSDConfig, build_discriminator, load_dac_weights
 from discriminators.common import normalize_peak, reflect_pad
 from gan.config import ConfigError, config_from_dict, load_config
-from tiny_configs import (single_thread, tiny_discriminators, tiny_model_sections, tiny_mpd, tiny_mrd,
-                          tiny_msd)
+from tiny_configs import tiny_discriminators, tiny_model_sections, tiny_mpd, tiny_mrd, tiny_msd
 
 FAMILIES = {"mpd": tiny_mpd(), "mrd": tiny_mrd(), "msd": tiny_msd()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_maps(out) -> list[torch.Tensor]:

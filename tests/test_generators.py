@@ -12,15 +12,12 @@ import generators
 from gan.config import ConfigError, config_from_dict, load_config
 from generators import DacUNetConfig, WavUNetConfig, build_generator
 from generators.layers import DownBlock, ResidualUnit, Snake1d, UpBlock, from_dac_state_dict, fuse_activations
-from tiny_configs import single_thread, tiny_dac_unet, tiny_generators, tiny_model_sections, tiny_wavunet
+from tiny_configs import tiny_dac_unet, tiny_generators, tiny_model_sections, tiny_wavunet
 
 TINY = tiny_generators()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dac():

@@ -16,11 +16,18 @@ import torch
 from discriminators import MPDConfig, MRDConfig, MSDConfig
 from gan.config import to_dict
 from generators import DacUNetConfig, WavUNetConfig
+from generators.band_gain import BandGainConfig
 
 
 def tiny_dac_unet(**kw) -> DacUNetConfig:
     """2x patching, widths 4-8-16, strides 2, 4 (total stride 16)."""
     return DacUNetConfig(**{"channels": 4, "strides": [2, 4], "patch_size": 2, **kw})
+
+
+def tiny_band_gain(**kw) -> BandGainConfig:
+    """A 64-point STFT (hop 16), 6 bands, 4 channels, +-6 frames of context."""
+    return BandGainConfig(**{"n_fft": 64, "hop": 16, "n_bands": 6, "channels": 4,
+                             "context_seconds": 6 * 16 / 48000, **kw})
 
 
 def tiny_wavunet(**kw) -> WavUNetConfig:

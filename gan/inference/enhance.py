@@ -51,7 +51,7 @@ from gan.errors import first_line
 from gan.inference.loading import LoadedGenerator, generator_geometry
 from gan.log import get_logger
 from generators.condition import MAX_SHIFT, UNKNOWN, conditioned, family_index, label_tensors
-from generators.detection import CLASSES, detecting
+from generators.detection import CLASSES, NO_CLASSIFIER, detecting
 
 log = get_logger(__name__)
 
@@ -130,7 +130,7 @@ class Enhancer:
         not a measurement (``bench.py curve`` reports its accuracy on held-out recordings). ValueError
         for a model without a classifier; AudioError for a file that cannot be read."""
         if not self.detects:
-            raise ValueError("this model has no degradation classifier (generator.band_gain.detect)")
+            raise ValueError(NO_CLASSIFIER)
         rate = audio_rate(src)
         x, _ = read_audio(src, 0, math.ceil(seconds * rate))
         x = torch.from_numpy(np.ascontiguousarray(resample(to_mono(x), rate, MODEL_RATE), dtype=np.float32))
