@@ -378,9 +378,16 @@ def click_through(driver, page, pick) -> dict:
     driver.find_element("id", "save").click()
     target = driver.downloads / f"listening-{data['report_id']}.json"
     deadline = time.monotonic() + 20
-    while not target.is_file() and time.monotonic() < deadline:
+    while not _downloaded(target) and time.monotonic() < deadline:
         time.sleep(0.1)
     return target
+
+
+def _downloaded(target) -> bool:
+    """The browser has finished writing ``target``: it exists with content and no partial download is left
+    (Chromium can show the file's name before its bytes)."""
+    return (target.is_file() and target.stat().st_size > 0
+            and not any(f.suffix == ".crdownload" for f in target.parent.iterdir()))
 
 
 def check_blind_page(page, players, key):
